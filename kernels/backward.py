@@ -1,0 +1,146 @@
+"""Backward pass of y = x @ w + b:  dx = dy @ w.T,  dw = x.T @ dy,  db = dy.sum(0).
+
+With a ReLU after the layer, the gradient reaching the matmul is dy * (y > 0);
+every kernel here can apply that mask on the fly ("masked"), one block of rows
+at a time, so no temporary of dy's size is ever made.
+"""
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from .config import JIT, MB, NB, PJIT, SMALL_K
+from .forward import gemm_rows
+from .tile import colsum_acc, dot_tile, outer_acc
+
+
+@njit(**JIT)
+def masked_rows(dy, y):
+    """dy * (y > 0) for one block of rows (a fresh array of the block's size)."""
+    d = np.empty_like(dy)
+    for n in range(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            d[n, j] = dy[n, j] if y[n, j] > 0 else dy[n, j] * 0
+    return d
+
+
+@njit(**JIT)
+def input_grad_rows(dy, w, wt, y, masked, dx):
+    """dx[n, i] = sum_j d[n, j] * w[i, j] with d = dy, or dy * (y > 0) if masked. Serial.
+
+    shapes: dy (N, O), w (I, O), wt = w.T (O, I), y (N, O) (any array when not masked), dx (N, I)
+    numpy:  dx[:] = dy @ w.T
+    Why w.T: dx[n, i] sums over j, the output axis, which is w's second index.
+    In the NT form both dy and w are read along j, their contiguous axis.
+    """
+    d = masked_rows(dy, y) if masked else dy
+    gemm_rows(d, wt, w, dx)
+
+
+@njit(**PJIT)
+def input_grad(dy, w, wt, y, masked, dx):
+    """Parallel input_grad_rows. Parallel over blocks of MB rows of dx (an output
+    axis): each prange iteration owns its rows of dx, so it is race-free."""
+    N = dy.shape[0]
+    for t in prange((N + MB - 1) // MB):
+        n0 = t * MB
+        n1 = min(N, n0 + MB)
+        input_grad_rows(dy[n0:n1], w, wt, y[n0:n1], masked, dx[n0:n1])
+
+
+@njit(**JIT)
+def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
+    """dw_acc[i, j] += sum_n x[n, i] * d[n, j];  db_acc[j] += sum_n d[n, j]. Serial.
+
+    d = dy, or dy * (y > 0) when masked. shapes: x (N, I), dy and y (N, O),
+    dw_acc (I, O) float64, db_acc (O,) float64.
+    numpy:  dw_acc += x.T @ d;  db_acc += d.sum(0)
+    Why x.T: dw[i, j] sums over the batch n, the first index of both x and dy.
+    Why .sum(0): b[j] was added to every row n, so every row sends gradient to b[j].
+
+    The batch is walked in blocks of NB rows; each block's (masked) dy feeds db
+    and dw while it is in cache (one pass over dy). When I and O are both
+    larger than SMALL_K and the block is full, x and d are packed transposed so
+    that the NT micro-kernel reads both along n; otherwise rank-1 updates
+    stream the rows. Sums over a block are formed in the data's dtype and added
+    to the float64 accumulators once per block.
+    """
+    N, I = x.shape
+    O = dy.shape[1]
+    packed = want_dw and I > SMALL_K and O > SMALL_K and N >= NB
+    xt = np.empty((I if packed else 0, NB), x.dtype)
+    dt = np.empty((O if packed else 0, NB), x.dtype)
+    for n0 in range(0, N, NB):
+        n1 = min(N, n0 + NB)
+        d = masked_rows(dy[n0:n1], y[n0:n1]) if masked else dy[n0:n1]
+        if want_db:
+            colsum_acc(d, db_acc)
+        if not want_dw:
+            continue
+        if packed:
+            for n in range(n1 - n0):
+                for i in range(I):
+                    xt[i, n] = x[n0 + n, i]
+                for j in range(O):
+                    dt[j, n] = d[n, j]
+            dot_tile(xt, dt, dw_acc, 0, O, 0, n1 - n0, True)
+        else:
+            outer_acc(x[n0:n1], d, dw_acc)
+
+
+@njit(**JIT)
+def finish(acc, out, accumulate):
+    """out[r] = sum_t acc[t, r] (+ out[r] when accumulate). Serial over r.
+
+    acc (T, R) float64 per-thread partials, out (R,). Sums the T partials in
+    float64 and rounds once to out's dtype.
+    """
+    for r in range(out.shape[0]):
+        s = out[r] + 0.0 if accumulate else 0.0
+        for t in range(acc.shape[0]):
+            s += acc[t, r]
+        out[r] = s
+
+
+@njit(**JIT)
+def weight_bias_chunk(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc, t):
+    """Chunk t of T = dw_acc.shape[0] equal slices of the batch, into partials t only."""
+    N, I = x.shape
+    T = dw_acc.shape[0]
+    n0 = t * N // T
+    n1 = (t + 1) * N // T
+    weight_bias_rows(x[n0:n1], dy[n0:n1], y[n0:n1], masked, want_dw, want_db,
+                     dw_acc[t].reshape((I, dw_acc.shape[1] // max(I, 1))), db_acc[t])
+
+
+@njit(**PJIT)
+def weight_bias_grad(x, dy, y, masked, want_dw, want_db, accumulate, dw_acc, db_acc, dw, db):
+    """Parallel, fused dw = x.T @ d and db = d.sum(0) (d = dy, masked by y > 0 if asked).
+
+    shapes: x (N, I), dy and y (N, O), dw (I, O), db (O,); with accumulate, dw += and db +=.
+    dw_acc (T, I*O) and db_acc (T, O): zeroed float64 scratch, one row per chunk
+    (empty along axis 1 for a gradient not wanted).
+    numpy:  dw[:] = x.T @ d;  db[:] = d.sum(0)
+    Parallel over the T chunks of the batch with per-thread partials: iteration
+    t writes only dw_acc[t] and db_acc[t], so no element is shared. The
+    partials are then merged in parallel over rows i of dw (an output axis:
+    each iteration owns dw[i]).
+    """
+    for t in prange(dw_acc.shape[0]):
+        weight_bias_chunk(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc, t)
+    if want_dw:
+        O = dw.shape[1]
+        dwf = dw.reshape(dw.size)
+        for i in prange(dw.shape[0]):
+            finish(dw_acc[:, i * O:(i + 1) * O], dwf[i * O:(i + 1) * O], accumulate)
+    if want_db:
+        finish(db_acc, db, accumulate)
+
+
+@njit(**JIT)
+def weight_bias_grad_serial(x, dy, y, masked, want_dw, want_db, accumulate, dw_acc, db_acc, dw, db):
+    """weight_bias_grad on the calling thread, for work too small to start threads for."""
+    for t in range(dw_acc.shape[0]):
+        weight_bias_chunk(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc, t)
+    if want_dw:
+        finish(dw_acc, dw.reshape(dw.size), accumulate)
+    if want_db:
+        finish(db_acc, db, accumulate)

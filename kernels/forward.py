@@ -1,0 +1,55 @@
+"""Forward pass y = x @ w + b (optional ReLU), and the shared row-block GEMM driver."""
+from numba import njit, prange
+
+from .config import JIT, KC, MB, PJIT, SMALL_K
+from .tile import axpy_tile, dot_tile
+
+
+@njit(**JIT)
+def gemm_rows(a, b, bt, c):
+    """c = a @ b for one block of rows.   shapes: a (M, K), b (K, P), bt = b.T (P, K), c (M, P)
+
+    numpy: c[:] = a @ b. A long summed axis uses the NT dot micro-kernel over
+    KC-long slices of k (cache blocking: one slice of bt is reused by every row
+    of the block); a short one (K <= SMALL_K) uses the NN axpy form. Serial.
+    """
+    K = a.shape[1]
+    if K <= SMALL_K:
+        axpy_tile(a, b, c)
+    else:
+        for k0 in range(0, K, KC):
+            dot_tile(a, bt, c, 0, c.shape[1], k0, min(K, k0 + KC), k0 > 0)
+
+
+@njit(**JIT)
+def relu(v):
+    """max(v, 0) with NaN propagated, as numpy's np.maximum(v, 0)."""
+    return v if (v > 0 or v != v) else v * 0
+
+
+@njit(**JIT)
+def forward_rows(x, w, wt, b, relu_out, y):
+    """y[n, j] = sum_i x[n, i] * w[i, j] + b[j], then ReLU if relu_out. Serial.
+
+    shapes: x (N, I), w (I, O), wt = w.T (O, I), b (O,) or (0,) for no bias, y (N, O).
+    numpy:  y[:] = x @ w + b        (np.maximum(x @ w + b, 0) with relu_out)
+    The bias and ReLU are an epilogue on each row block while it is in cache.
+    """
+    gemm_rows(x, w, wt, y)
+    has_bias = b.shape[0] > 0
+    if has_bias or relu_out:
+        for n in range(y.shape[0]):
+            for j in range(y.shape[1]):
+                v = y[n, j] + b[j] if has_bias else y[n, j]
+                y[n, j] = relu(v) if relu_out else v
+
+
+@njit(**PJIT)
+def forward(x, w, wt, b, relu_out, y):
+    """Parallel forward_rows. Parallel over blocks of MB rows of y: each prange
+    iteration owns its rows of y and writes nothing else, so it is race-free."""
+    N = x.shape[0]
+    for t in prange((N + MB - 1) // MB):
+        n0 = t * MB
+        n1 = min(N, n0 + MB)
+        forward_rows(x[n0:n1], w, wt, b, relu_out, y[n0:n1])

@@ -1,0 +1,167 @@
+"""Serial micro-kernels: the innermost loops, each with a written contract.
+
+All arrays are C-contiguous (the API guarantees it) and of one float dtype,
+except the accumulators named ``acc``, which may be float64 for float32 data.
+Nothing here is parallel; the drivers in forward.py and backward.py split the
+work and hand each thread its own rows or its own partial buffers.
+"""
+import numpy as np
+from numba import njit
+
+from .config import JIT
+
+
+@njit(**JIT)
+def put(c, m, p, v, accumulate):
+    """c[m, p] = v, or c[m, p] += v when accumulate. With accumulate False c is never read."""
+    if accumulate:
+        c[m, p] += v
+    else:
+        c[m, p] = v
+
+
+@njit(**JIT)
+def dot(a, m, bt, p, k0, k1):
+    """sum_{k0 <= k < k1} a[m, k] * bt[p, k]   numpy: a[m, k0:k1] @ bt[p, k0:k1]
+
+    Both rows are contiguous along k, so with "reassoc" LLVM vectorises the loop.
+    """
+    s = a.dtype.type(0)
+    for k in range(k0, k1):
+        s += a[m, k] * bt[p, k]
+    return s
+
+
+@njit(**JIT)
+def dot_tile(a, bt, c, p0, p1, k0, k1, accumulate):
+    """The "NT" micro-kernel: c[m, p] (+)= sum_{k0<=k<k1} a[m, k] * bt[p, k].
+
+    shapes: a (M, K), bt (P, K), c (M, P); updates all rows m and columns p0 <= p < p1.
+    numpy:  c[:, p0:p1] (+)= a[:, k0:k1] @ bt[p0:p1, k0:k1].T
+
+    Both operands are read along k, their contiguous axis. A 4x4 block of c
+    (MR x NR in config) is held in 16 scalar accumulators for the whole k loop:
+    8 loads feed 16 multiply-adds per k, and LLVM turns each accumulator into a
+    SIMD register (the k loop is vectorised; "reassoc" allows it). Rows and
+    columns left over at the edges fall back to single dot products.
+    With accumulate False, c is overwritten and never read (BLIS's beta = 0).
+    Serial.
+    """
+    M = c.shape[0]
+    mb = M - M % 4
+    pb = p1 - (p1 - p0) % 4
+    for m in range(0, mb, 4):
+        for p in range(p0, pb, 4):
+            c00 = c01 = c02 = c03 = a.dtype.type(0)
+            c10 = c11 = c12 = c13 = a.dtype.type(0)
+            c20 = c21 = c22 = c23 = a.dtype.type(0)
+            c30 = c31 = c32 = c33 = a.dtype.type(0)
+            for k in range(k0, k1):
+                a0 = a[m, k]
+                a1 = a[m + 1, k]
+                a2 = a[m + 2, k]
+                a3 = a[m + 3, k]
+                b0 = bt[p, k]
+                b1 = bt[p + 1, k]
+                b2 = bt[p + 2, k]
+                b3 = bt[p + 3, k]
+                c00 += a0 * b0
+                c01 += a0 * b1
+                c02 += a0 * b2
+                c03 += a0 * b3
+                c10 += a1 * b0
+                c11 += a1 * b1
+                c12 += a1 * b2
+                c13 += a1 * b3
+                c20 += a2 * b0
+                c21 += a2 * b1
+                c22 += a2 * b2
+                c23 += a2 * b3
+                c30 += a3 * b0
+                c31 += a3 * b1
+                c32 += a3 * b2
+                c33 += a3 * b3
+            put(c, m, p, c00, accumulate)
+            put(c, m, p + 1, c01, accumulate)
+            put(c, m, p + 2, c02, accumulate)
+            put(c, m, p + 3, c03, accumulate)
+            put(c, m + 1, p, c10, accumulate)
+            put(c, m + 1, p + 1, c11, accumulate)
+            put(c, m + 1, p + 2, c12, accumulate)
+            put(c, m + 1, p + 3, c13, accumulate)
+            put(c, m + 2, p, c20, accumulate)
+            put(c, m + 2, p + 1, c21, accumulate)
+            put(c, m + 2, p + 2, c22, accumulate)
+            put(c, m + 2, p + 3, c23, accumulate)
+            put(c, m + 3, p, c30, accumulate)
+            put(c, m + 3, p + 1, c31, accumulate)
+            put(c, m + 3, p + 2, c32, accumulate)
+            put(c, m + 3, p + 3, c33, accumulate)
+        for m_ in range(m, m + 4):
+            for p in range(pb, p1):
+                put(c, m_, p, dot(a, m_, bt, p, k0, k1), accumulate)
+    for m in range(mb, M):
+        for p in range(p0, p1):
+            put(c, m, p, dot(a, m, bt, p, k0, k1), accumulate)
+
+
+@njit(**JIT)
+def axpy_tile(a, b, c):
+    """The "NN" form for a short summed axis: c[m, p] = sum_k a[m, k] * b[k, p].
+
+    shapes: a (M, K), b (K, P), c (M, P).   numpy: c[:] = a @ b
+    Each row of c is built as K scaled copies of rows of b (axpy), with the
+    inner loop running along p, contiguous in b and c. Overwrites c. Serial.
+    """
+    M, K = a.shape
+    P = c.shape[1]
+    for m in range(M):
+        for p in range(P):
+            c[m, p] = 0
+        for k in range(K):
+            s = a[m, k]
+            for p in range(P):
+                c[m, p] += s * b[k, p]
+
+
+@njit(**JIT)
+def outer_acc(u, v, acc):
+    """Sum of outer products: acc[p, q] += sum_n u[n, p] * v[n, q].
+
+    shapes: u (N, P), v (N, Q), acc (P, Q), acc usually float64.
+    numpy:  acc += u.T @ v
+    One rank-1 update per row n, inner loop along q (contiguous in v and acc).
+    The products are formed in acc's precision. Serial.
+    """
+    N, P = u.shape
+    Q = v.shape[1]
+    for n in range(N):
+        for p in range(P):
+            s = acc.dtype.type(u[n, p])
+            for q in range(Q):
+                acc[p, q] += s * v[n, q]
+
+
+@njit(**JIT)
+def colsum_acc(d, acc):
+    """acc[j] += sum_n d[n, j]   shapes: d (N, O), acc (O,)   numpy: acc += d.sum(0)
+
+    The block's sum is formed in d's dtype, vectorised along whichever axis is
+    long enough (j when O is wide, n when O is narrow), then added once to acc
+    (float64), so rounding error grows with the block length, not with the batch.
+    Serial.
+    """
+    N, O = d.shape
+    if O >= 16:
+        s = np.zeros(O, d.dtype)
+        for n in range(N):
+            for j in range(O):
+                s[j] += d[n, j]
+        for j in range(O):
+            acc[j] += s[j]
+    else:
+        for j in range(O):
+            t = d.dtype.type(0)
+            for n in range(N):
+                t += d[n, j]
+            acc[j] += t

@@ -1,0 +1,16 @@
+"""lingrad: Numba kernels for the linear layer y = x @ w + b and its backward pass.
+
+    y  = lingrad.linear(x, w, b)                 # x (N, I), w (I, O), b (O,)
+    dx, dw, db = lingrad.linear_backward(x, w, dy)
+    # dx = dy @ w.T     dw = x.T @ dy     db = dy.sum(0)
+"""
+from . import kernels, reference
+from .api import LinearGrads, bias_grad, input_grad, linear, linear_backward, weight_grad
+from .threads import get_num_threads, num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "linear", "linear_backward", "input_grad", "weight_grad", "bias_grad", "LinearGrads",
+    "set_num_threads", "get_num_threads", "num_threads", "reference", "kernels",
+]

@@ -1,0 +1,95 @@
+"""Input validation and layout normalisation: done once, at the API boundary.
+
+Everything here raises TypeError (wrong kind or dtype) or ValueError (wrong
+shape, bad ``out=``) before any kernel runs, so a failed call writes nothing.
+"""
+import numpy as np
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def as_float_arrays(**named):
+    """Convert each named input to an ndarray and check that they share one float dtype.
+
+    None values are passed through. Returns the arrays in the order given.
+    """
+    arrays = {}
+    for name, a in named.items():
+        if a is None:
+            arrays[name] = None
+            continue
+        if not isinstance(a, np.ndarray):
+            try:
+                a = np.asarray(a)
+            except Exception as e:  # ragged lists and the like
+                raise TypeError(f"{name} must be a numpy array of float32 or float64; "
+                                f"np.asarray({name}) failed: {e}") from None
+        if a.dtype not in FLOATS:
+            raise TypeError(f"{name} has dtype {a.dtype}; lingrad works on float32 or float64 "
+                            f"arrays: convert with {name}.astype(np.float32) or "
+                            f"{name}.astype(np.float64)")
+        arrays[name] = a
+    given = {n: a.dtype for n, a in arrays.items() if a is not None}
+    if len(set(given.values())) > 1:
+        listed = ", ".join(f"{n} {d}" for n, d in given.items())
+        raise TypeError(f"inputs must share one dtype, got {listed}; cast them all to one, "
+                        f"e.g. x.astype(np.float32)")
+    return list(arrays.values())
+
+
+def check_ndim(a, name, ndim, meaning):
+    if ndim == "1+":
+        if a.ndim < 1:
+            raise ValueError(f"{name} must have at least 1 dimension {meaning}, got a 0-d array")
+    elif a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D {meaning}, got shape {a.shape}")
+
+
+def check_dim(a, a_name, a_axis, size, what):
+    if a.shape[a_axis] != size:
+        raise ValueError(f"{a_name}.shape[{a_axis}] ({a.shape[a_axis]}) must equal {what} ({size}); "
+                         f"{a_name} has shape {a.shape}")
+
+
+def rows(a, cols):
+    """The (rows, cols) C-contiguous 2-D view of a (..., cols) array; copies only if needed."""
+    return np.ascontiguousarray(a).reshape(-1, cols)
+
+
+class Out:
+    """A validated destination: ``buf`` is a C-contiguous 2-D array the kernel
+    writes; ``done()`` returns the user's array, copying back when ``buf`` was
+    a temporary (for an ``out=`` that is not C-contiguous)."""
+
+    def __init__(self, out, shape, dtype, name, inputs, accumulate=False, cols=None):
+        cols = shape[-1] if cols is None else cols
+        if out is None:
+            if accumulate:
+                raise ValueError(f"accumulate=True needs an existing {name} buffer to add into")
+            self.user = np.empty(shape, dtype)
+        else:
+            if not isinstance(out, np.ndarray):
+                raise TypeError(f"out for {name} must be a numpy array, got {type(out).__name__}")
+            if out.shape != tuple(shape):
+                raise ValueError(f"out for {name} has shape {out.shape}, expected {tuple(shape)}")
+            if out.dtype != dtype:
+                raise TypeError(f"out for {name} has dtype {out.dtype}, expected {dtype} "
+                                f"(the inputs' dtype)")
+            if not out.flags.writeable:
+                raise ValueError(f"out for {name} is read-only")
+            for other_name, other in inputs.items():
+                if other is not None and np.may_share_memory(out, other):
+                    raise ValueError(f"out for {name} overlaps {other_name}; "
+                                     f"pass a separate buffer")
+            self.user = out
+        self.direct = self.user.flags.c_contiguous
+        if self.direct:
+            self.buf = self.user.reshape(-1, cols) if len(shape) != 1 else self.user
+        else:
+            src = np.ascontiguousarray(self.user) if accumulate else np.empty(shape, dtype)
+            self.buf = src.reshape(-1, cols) if len(shape) != 1 else src
+
+    def done(self):
+        if not self.direct:
+            self.user[...] = self.buf.reshape(self.user.shape)
+        return self.user
