@@ -1,6 +1,6 @@
 """Backward pass of y = x @ w + b:  dx = dy @ w.T,  dw = x.T @ dy,  db = dy.sum(0).
 
-With a ReLU after the layer, the gradient reaching the matmul is dy * (y > 0);
+With a ReLU after the layer, the gradient reaching the matmul is where(y > 0, dy, 0);
 every kernel here can apply that mask on the fly ("masked"), one block of rows
 at a time, so no temporary of dy's size is ever made.
 """
@@ -14,17 +14,20 @@ from .tile import colsum_acc, dot_tile, outer_acc
 
 @njit(**JIT)
 def masked_rows(dy, y):
-    """dy * (y > 0) for one block of rows (a fresh array of the block's size)."""
+    """where(y > 0, dy, 0) for one block of rows (a fresh array of the block's size).
+
+    As PyTorch's ReLU backward: an Inf or NaN in dy where the unit was off gives 0.
+    """
     d = np.empty_like(dy)
     for n in range(dy.shape[0]):
         for j in range(dy.shape[1]):
-            d[n, j] = dy[n, j] if y[n, j] > 0 else dy[n, j] * 0
+            d[n, j] = dy[n, j] if y[n, j] > 0 else 0.0
     return d
 
 
 @njit(**JIT)
 def input_grad_rows(dy, w, wt, y, masked, dx):
-    """dx[n, i] = sum_j d[n, j] * w[i, j] with d = dy, or dy * (y > 0) if masked. Serial.
+    """dx[n, i] = sum_j d[n, j] * w[i, j] with d = dy, or where(y > 0, dy, 0) if masked. Serial.
 
     shapes: dy (N, O), w (I, O), wt = w.T (O, I), y (N, O) (any array when not masked), dx (N, I)
     numpy:  dx[:] = dy @ w.T
@@ -50,7 +53,7 @@ def input_grad(dy, w, wt, y, masked, dx):
 def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
     """dw_acc[i, j] += sum_n x[n, i] * d[n, j];  db_acc[j] += sum_n d[n, j]. Serial.
 
-    d = dy, or dy * (y > 0) when masked. shapes: x (N, I), dy and y (N, O),
+    d = dy, or where(y > 0, dy, 0) when masked. shapes: x (N, I), dy and y (N, O),
     dw_acc (I, O) float64, db_acc (O,) float64.
     numpy:  dw_acc += x.T @ d;  db_acc += d.sum(0)
     Why x.T: dw[i, j] sums over the batch n, the first index of both x and dy.

@@ -24,7 +24,7 @@ def gemm_rows(a, b, bt, c):
 @njit(**JIT)
 def relu(v):
     """max(v, 0) with NaN propagated, as numpy's np.maximum(v, 0)."""
-    return v if (v > 0 or v != v) else v * 0
+    return v if (v > 0 or v != v) else 0.0
 
 
 @njit(**JIT)

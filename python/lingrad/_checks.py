@@ -57,12 +57,11 @@ def rows(a, cols):
 
 
 class Out:
-    """A validated destination: ``buf`` is a C-contiguous 2-D array the kernel
-    writes; ``done()`` returns the user's array, copying back when ``buf`` was
+    """A validated destination: ``buf`` is the C-contiguous array the kernel
+    writes, viewed as (rows, shape[-1]) when ``as_rows``; ``done()`` returns the user's array, copying back when ``buf`` was
     a temporary (for an ``out=`` that is not C-contiguous)."""
 
-    def __init__(self, out, shape, dtype, name, inputs, accumulate=False, cols=None):
-        cols = shape[-1] if cols is None else cols
+    def __init__(self, out, shape, dtype, name, inputs, accumulate=False, as_rows=True):
         if out is None:
             if accumulate:
                 raise ValueError(f"accumulate=True needs an existing {name} buffer to add into")
@@ -84,10 +83,10 @@ class Out:
             self.user = out
         self.direct = self.user.flags.c_contiguous
         if self.direct:
-            self.buf = self.user.reshape(-1, cols) if len(shape) != 1 else self.user
+            self.buf = self.user.reshape(-1, shape[-1]) if as_rows else self.user
         else:
             src = np.ascontiguousarray(self.user) if accumulate else np.empty(shape, dtype)
-            self.buf = src.reshape(-1, cols) if len(shape) != 1 else src
+            self.buf = src.reshape(-1, shape[-1]) if as_rows else src
 
     def done(self):
         if not self.direct:

@@ -135,7 +135,7 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
         dw = Out(out[1], (I, O), dtype, "dw", inputs, accumulate)
         inputs["dw out"] = dw.user
     if need_db:
-        db = Out(out[2], (O,), dtype, "db", inputs, accumulate)
+        db = Out(out[2], (O,), dtype, "db", inputs, accumulate, as_rows=False)
     d2 = rows(dy, O)
     y2 = d2 if relu_out is None else rows(relu_out, O)
     masked = relu_out is not None

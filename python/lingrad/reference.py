@@ -14,8 +14,8 @@ def linear(x, w, b=None, relu=False):
 
 
 def relu_mask(dy, relu_out=None):
-    """The gradient reaching the matmul: dy, or dy * (relu_out > 0) after a ReLU."""
-    return dy if relu_out is None else dy * (relu_out > 0)
+    """The gradient reaching the matmul: dy, or dy where the ReLU was on (relu_out > 0), else 0."""
+    return dy if relu_out is None else np.where(relu_out > 0, dy, 0).astype(dy.dtype)
 
 
 def input_grad(dy, w, relu_out=None):
