@@ -50,6 +50,21 @@ def input_grad(dy, w, wt, y, masked, dx):
 
 
 @njit(**JIT)
+def dw_transposed(I, O):
+    """Whether the per-thread dw partials are stored as dw.T (O, I): for a
+    narrow O, so that rank-1 updates run along the long axis I."""
+    return O <= SMALL_K and O < I
+
+
+@njit(**JIT)
+def finish_dw_row(dw_acc, dw, i, accumulate):
+    """Merge row i of dw from the partials dw_acc (T, I*O), stored as dw or dw.T."""
+    I, O = dw.shape
+    part = dw_acc[:, i::I] if dw_transposed(I, O) else dw_acc[:, i * O:(i + 1) * O]
+    finish(part, dw[i], accumulate)
+
+
+@njit(**JIT)
 def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
     """dw_acc[i, j] += sum_n x[n, i] * d[n, j];  db_acc[j] += sum_n d[n, j]. Serial.
 
@@ -63,7 +78,8 @@ def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
     and dw while it is in cache (one pass over dy). When I and O are both
     larger than SMALL_K and the block is full, x and d are packed transposed so
     that the NT micro-kernel reads both along n; otherwise rank-1 updates
-    stream the rows. Sums over a block are formed in the data's dtype and added
+    stream the rows, along the longer of I and O (dw_acc then holds dw.T
+    when O is the short one; see dw_transposed). Sums over a block are formed in the data's dtype and added
     to the float64 accumulators once per block.
     """
     N, I = x.shape
@@ -85,6 +101,8 @@ def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
                 for j in range(O):
                     dt[j, n] = d[n, j]
             dot_tile(xt, dt, dw_acc, 0, O, 0, n1 - n0, True)
+        elif dw_transposed(I, O):
+            outer_acc(d, x[n0:n1], dw_acc.reshape((O, I)))
         else:
             outer_acc(x[n0:n1], d, dw_acc)
 
@@ -130,10 +148,8 @@ def weight_bias_grad(x, dy, y, masked, want_dw, want_db, accumulate, dw_acc, db_
     for t in prange(dw_acc.shape[0]):
         weight_bias_chunk(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc, t)
     if want_dw:
-        O = dw.shape[1]
-        dwf = dw.reshape(dw.size)
         for i in prange(dw.shape[0]):
-            finish(dw_acc[:, i * O:(i + 1) * O], dwf[i * O:(i + 1) * O], accumulate)
+            finish_dw_row(dw_acc, dw, i, accumulate)
     if want_db:
         finish(db_acc, db, accumulate)
 
@@ -144,6 +160,7 @@ def weight_bias_grad_serial(x, dy, y, masked, want_dw, want_db, accumulate, dw_a
     for t in range(dw_acc.shape[0]):
         weight_bias_chunk(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc, t)
     if want_dw:
-        finish(dw_acc, dw.reshape(dw.size), accumulate)
+        for i in range(dw.shape[0]):
+            finish_dw_row(dw_acc, dw, i, accumulate)
     if want_db:
         finish(db_acc, db, accumulate)

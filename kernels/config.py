@@ -20,7 +20,9 @@ NR = 4
 
 # Cache blocking: the k (summed) axis is cut into KC-long slices so that a
 # row panel of both operands stays in L1/L2 while the tile kernel runs.
-KC = 512
+KC = 1024
+# Columns of the output per cache block: NC rows of bt (NC * KC values) stay in L2.
+NC = 64
 # Rows of the output given to one parallel task in forward / dx.
 MB = 64
 # Rows of the batch packed at once for the weight gradient (transposed panels).
@@ -29,8 +31,10 @@ NB = 256
 # Below this many multiply-adds a call runs serially: launching threads costs
 # more than the work.
 SERIAL_WORK = 1 << 16
-# A summed axis this short uses the "NN" axpy form (rows of the output built
-# from broadcast scalars) instead of the "NT" dot form (whose per-element
-# horizontal reductions would dominate). Also picks the rank-1 update path for
-# the weight gradient when I or O is this small.
+# The weight gradient takes the rank-1 update path (no packing) when I or O
+# is this small: such layers are memory-bound.
 SMALL_K = 16
+# A summed axis up to AXPY_K long, with at least 16 output columns, uses the
+# "NN" axpy form (rows of the output built from broadcast scalars) instead of
+# the "NT" dot form, whose per-element horizontal reductions would dominate.
+AXPY_K = 16

@@ -1,7 +1,7 @@
 """Forward pass y = x @ w + b (optional ReLU), and the shared row-block GEMM driver."""
 from numba import njit, prange
 
-from .config import JIT, KC, MB, PJIT, SMALL_K
+from .config import AXPY_K, JIT, KC, MB, NC, PJIT
 from .tile import axpy_tile, dot_tile
 
 
@@ -9,16 +9,21 @@ from .tile import axpy_tile, dot_tile
 def gemm_rows(a, b, bt, c):
     """c = a @ b for one block of rows.   shapes: a (M, K), b (K, P), bt = b.T (P, K), c (M, P)
 
-    numpy: c[:] = a @ b. A long summed axis uses the NT dot micro-kernel over
-    KC-long slices of k (cache blocking: one slice of bt is reused by every row
-    of the block); a short one (K <= SMALL_K) uses the NN axpy form. Serial.
+    numpy: c[:] = a @ b. A long summed axis uses the NT dot micro-kernel on
+    cache blocks: MB rows by NC columns of c by KC values of k, so that block
+    of bt stays in L2 while the block's rows of a pass over it. A short summed axis
+    (K <= AXPY_K) with a wide c uses the NN axpy form. Serial.
     """
-    K = a.shape[1]
-    if K <= SMALL_K:
+    M, K = a.shape
+    P = c.shape[1]
+    if K <= AXPY_K and P >= 16:
         axpy_tile(a, b, c)
-    else:
-        for k0 in range(0, K, KC):
-            dot_tile(a, bt, c, 0, c.shape[1], k0, min(K, k0 + KC), k0 > 0)
+        return
+    for m0 in range(0, M, MB):
+        m1 = min(M, m0 + MB)
+        for p0 in range(0, P, NC):
+            for k0 in range(0, K, KC):
+                dot_tile(a[m0:m1], bt, c[m0:m1], p0, min(P, p0 + NC), k0, min(K, k0 + KC), k0 > 0)
 
 
 @njit(**JIT)

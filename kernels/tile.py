@@ -21,14 +21,16 @@ def put(c, m, p, v, accumulate):
 
 
 @njit(**JIT)
-def dot(a, m, bt, p, k0, k1):
-    """sum_{k0 <= k < k1} a[m, k] * bt[p, k]   numpy: a[m, k0:k1] @ bt[p, k0:k1]
+def dot(u, v):
+    """sum_k u[k] * v[k] for two contiguous rows   numpy: u @ v
 
-    Both rows are contiguous along k, so with "reassoc" LLVM vectorises the loop.
+    With "reassoc" LLVM vectorises the loop. Index from range(len): Numba knows
+    k >= 0 and drops its negative-index wraparound, which would turn the
+    loads into gathers.
     """
-    s = a.dtype.type(0)
-    for k in range(k0, k1):
-        s += a[m, k] * bt[p, k]
+    s = u.dtype.type(0)
+    for k in range(u.shape[0]):
+        s += u[k] * v[k]
     return s
 
 
@@ -43,7 +45,8 @@ def dot_tile(a, bt, c, p0, p1, k0, k1, accumulate):
     (MR x NR in config) is held in 16 scalar accumulators for the whole k loop:
     8 loads feed 16 multiply-adds per k, and LLVM turns each accumulator into a
     SIMD register (the k loop is vectorised; "reassoc" allows it). Rows and
-    columns left over at the edges fall back to single dot products.
+    columns left over at the edges fall back to single dot products (measured:
+    4x1 strips sharing the loads of bt were slower for short k).
     With accumulate False, c is overwritten and never read (BLIS's beta = 0).
     Serial.
     """
@@ -52,19 +55,21 @@ def dot_tile(a, bt, c, p0, p1, k0, k1, accumulate):
     pb = p1 - (p1 - p0) % 4
     for m in range(0, mb, 4):
         for p in range(p0, pb, 4):
+            a0r, a1r, a2r, a3r = a[m, k0:k1], a[m + 1, k0:k1], a[m + 2, k0:k1], a[m + 3, k0:k1]
+            b0r, b1r, b2r, b3r = bt[p, k0:k1], bt[p + 1, k0:k1], bt[p + 2, k0:k1], bt[p + 3, k0:k1]
             c00 = c01 = c02 = c03 = a.dtype.type(0)
             c10 = c11 = c12 = c13 = a.dtype.type(0)
             c20 = c21 = c22 = c23 = a.dtype.type(0)
             c30 = c31 = c32 = c33 = a.dtype.type(0)
-            for k in range(k0, k1):
-                a0 = a[m, k]
-                a1 = a[m + 1, k]
-                a2 = a[m + 2, k]
-                a3 = a[m + 3, k]
-                b0 = bt[p, k]
-                b1 = bt[p + 1, k]
-                b2 = bt[p + 2, k]
-                b3 = bt[p + 3, k]
+            for k in range(k1 - k0):  # from 0: no wraparound, so no gathers
+                a0 = a0r[k]
+                a1 = a1r[k]
+                a2 = a2r[k]
+                a3 = a3r[k]
+                b0 = b0r[k]
+                b1 = b1r[k]
+                b2 = b2r[k]
+                b3 = b3r[k]
                 c00 += a0 * b0
                 c01 += a0 * b1
                 c02 += a0 * b2
@@ -99,10 +104,10 @@ def dot_tile(a, bt, c, p0, p1, k0, k1, accumulate):
             put(c, m + 3, p + 3, c33, accumulate)
         for m_ in range(m, m + 4):
             for p in range(pb, p1):
-                put(c, m_, p, dot(a, m_, bt, p, k0, k1), accumulate)
+                put(c, m_, p, dot(a[m_, k0:k1], bt[p, k0:k1]), accumulate)
     for m in range(mb, M):
         for p in range(p0, p1):
-            put(c, m, p, dot(a, m, bt, p, k0, k1), accumulate)
+            put(c, m, p, dot(a[m, k0:k1], bt[p, k0:k1]), accumulate)
 
 
 @njit(**JIT)
