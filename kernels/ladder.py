@@ -26,7 +26,7 @@ them. These are study kernels: lingrad.linear / lingrad.weight_grad run the
 production kernels in forward.py and backward.py.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from .config import JIT, PJIT
 from .forward import relu
@@ -252,10 +252,11 @@ def merge(part, out):
 
 
 @njit(**PJIT)
-def dw_parallel(x, dy, dw, nb):
+def dw_parallel(x, dy, dw, nb, T):
     """Rung 5. dw = x.T @ dy on all threads, with per-thread partial sums.
 
-    shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
+    shapes: x (N, I), dy (N, O), dw (I, O); T chunks, one per thread
+    (numba.get_num_threads()).   numpy: dw[:] = x.T @ dy
     Parallel over T chunks of the batch, the summed axis: chunk t runs rung 4
     on its rows into its own partial part[t] (I x O), so no two threads write
     the same element. Writing dw[i, j] += ... from every thread instead would
@@ -264,7 +265,6 @@ def dw_parallel(x, dy, dw, nb):
     """
     N, I = x.shape
     O = dy.shape[1]
-    T = get_num_threads()
     part = np.empty((T, I * O), dw.dtype)
     for t in prange(T):
         n0, n1 = chunk(N, T, t)
@@ -312,10 +312,10 @@ def dw_db_cache(x, dy, dw, db, nb):
 
 
 @njit(**PJIT)
-def dw_db_fused(x, dy, dw, db, nb):
+def dw_db_fused(x, dy, dw, db, nb, T):
     """Rung 6. dw = x.T @ dy and db = dy.sum(0), fused, on all threads.
 
-    shapes: x (N, I), dy (N, O), dw (I, O), db (O,).
+    shapes: x (N, I), dy (N, O), dw (I, O), db (O,); T chunks, one per thread.
     numpy:  dw[:] = x.T @ dy;  db[:] = dy.sum(0)
     As rung 5, with per-thread partials for both: chunk t writes only
     part_w[t] and part_b[t] (race-free); merge then sums them, parallel over
@@ -323,7 +323,6 @@ def dw_db_fused(x, dy, dw, db, nb):
     """
     N, I = x.shape
     O = dy.shape[1]
-    T = get_num_threads()
     part_w = np.empty((T, I * O), dw.dtype)
     part_b = np.empty((T, O), db.dtype)
     for t in prange(T):
@@ -334,15 +333,14 @@ def dw_db_fused(x, dy, dw, db, nb):
 
 
 @njit(**PJIT)
-def db_parallel(dy, db):
+def db_parallel(dy, db, T):
     """The unfused second pass that rung 6 saves: db = dy.sum(0) on all threads.
 
-    shapes: dy (N, O), db (O,).   numpy: db[:] = dy.sum(0)
+    shapes: dy (N, O), db (O,); T chunks, one per thread.   numpy: db[:] = dy.sum(0)
     Parallel over T chunks of the batch with per-thread partials (race-free),
     then merge.
     """
     N, O = dy.shape
-    T = get_num_threads()
     part = np.zeros((T, O), db.dtype)
     for t in prange(T):
         n0, n1 = chunk(N, T, t)

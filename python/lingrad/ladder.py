@@ -1,0 +1,211 @@
+"""The optimisation ladder, timed: six rungs from the formula's loops to a fast kernel.
+
+    python -m lingrad ladder [--n 50000] [--dtype float32] [--threads T] [--repeats 3]
+
+For the weight gradient dw = x.T @ dy and the forward y = x @ w on the lesson's
+shape (x: N x 784, w: 784 x 50), each rung of lingrad.kernels.ladder is first
+checked against numpy (float64, within a k*eps rounding bound), then all are
+timed interleaved (min of repeats, JIT compilation excluded), followed by
+lingrad's production kernel and numpy (BLAS pinned to the same thread count).
+Rungs 1-4 are serial kernels (1 thread); rungs 5-6, lingrad and numpy use T.
+Rung 1 is slow: it is timed on the first --naive-n rows and its full-size time
+is extrapolated (marked *). Why each rung is faster: docs/ladder.md.
+"""
+import argparse
+import time
+
+import numpy as np
+
+import lingrad
+from lingrad.kernels import ladder as L
+
+from .timing import blas_threads, interleaved_min
+
+# Ladder block sizes (arguments to the kernels, so they can be varied here):
+# nb rows of the batch (64 x O=50 floats: 12.8 KB float32, 25.6 KB float64,
+# inside a 32 KB L1d), kb-long slices of the forward's summed axis i
+# (64 x 50 slice of w: same size).
+NB = 64
+KB = 64
+
+
+class Rung:
+    """One row of the table: a zero-argument callable, the work it does, how to check it."""
+
+    def __init__(self, label, what, threads, flops, run, check, baseline=None, rows_timed=None):
+        self.label, self.what, self.threads, self.flops = label, what, threads, flops
+        self.run, self.check, self.baseline = run, check, baseline
+        self.rows_timed = rows_timed  # (timed, N) when timed on a subsample of the batch
+        self.seconds = None
+
+    @property
+    def gflops(self):
+        return self.flops / self.seconds / 1e9
+
+
+def within_bound(got, ref64, scale, k, dtype):
+    """True when |got - ref| <= (k + 2) * eps * scale everywhere (the tests' rounding bound)."""
+    eps = np.finfo(dtype).eps
+    return bool(np.all(np.abs(got.astype(np.float64) - ref64) <= (k + 2) * eps * scale + 1e-300))
+
+
+def weight_grad_rungs(x, dy, w, n_naive, T):
+    """The rows for dw = x.T @ dy (and db = dy.sum(0) from rung 6 on)."""
+    N, I = x.shape
+    O = dy.shape[1]
+    dt = x.dtype
+    dw, db = np.empty((I, O), dt), np.empty(O, dt)
+    xs, dys = x[:n_naive], dy[:n_naive]
+    X, DY = x.astype(np.float64), dy.astype(np.float64)
+    scale, ref = np.abs(X).T @ np.abs(DY), X.T @ DY
+    check_dw = lambda: within_bound(dw, ref, scale, N, dt)  # noqa: E731
+    check_dw_db = lambda: check_dw() and within_bound(db, DY.sum(0), np.abs(DY).sum(0), N, dt)  # noqa: E731
+    small_scale = np.abs(X[:n_naive]).T @ np.abs(DY[:n_naive])
+    check_small = lambda: within_bound(dw, X[:n_naive].T @ DY[:n_naive], small_scale, n_naive, dt)  # noqa: E731
+    f, f_db = 2 * N * I * O, 2 * N * I * O + N * O
+
+    def unfused():
+        L.dw_parallel(x, dy, dw, NB, T)
+        L.db_parallel(dy, db, T)
+
+    return [
+        Rung("1", "dw_naive: loops i, j, n (formula order)", 1, 2 * n_naive * I * O,
+             lambda: L.dw_naive(xs, dys, dw), check_small, rows_timed=(n_naive, N)),
+        Rung("2", "dw_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.dw_rows(x, dy, dw), check_dw, "1"),
+        Rung("3", "dw_register: 4x4 block of x in registers", 1, f,
+             lambda: L.dw_register(x, dy, dw), check_dw, "2"),
+        Rung("4", f"dw_cache: {NB}-row blocks of dy in L1", 1, f,
+             lambda: L.dw_cache(x, dy, dw, NB), check_dw, "3"),
+        Rung("5", "dw_parallel: prange, per-thread partials", T, f,
+             lambda: L.dw_parallel(x, dy, dw, NB, T), check_dw, "4"),
+        Rung("5+", "rung 5, then db in a second pass over dy", T, f_db, unfused, check_dw_db),
+        Rung("6", "dw_db_fused: dw and db from one pass", T, f_db,
+             lambda: L.dw_db_fused(x, dy, dw, db, NB, T), check_dw_db, "5+"),
+        Rung("lg", "lingrad.weight_grad(x, dy)", T, f, lambda: lingrad.weight_grad(x, dy, out=dw),
+             check_dw, "6"),
+        Rung("lg", "lingrad.linear_backward(need_dx=False)", T, f_db,
+             lambda: lingrad.linear_backward(x, w, dy, need_dx=False, out=(None, dw, db)), check_dw_db, "6"),
+        Rung("np", "numpy: x.T @ dy", T, f, lambda: np.matmul(x.T, dy, out=dw), check_dw, "6"),
+        Rung("np", "numpy: x.T @ dy, dy.sum(0)", T, f_db,
+             lambda: (np.matmul(x.T, dy, out=dw), dy.sum(0, out=db)), check_dw_db, "6"),
+    ]
+
+
+def forward_rungs(x, w, b, n_naive, T):
+    """The rows for y = x @ w (and + b, ReLU from rung 6 on)."""
+    N, I = x.shape
+    O = w.shape[1]
+    y = np.empty((N, O), x.dtype)
+    xs = x[:n_naive]
+    X, W, B = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
+    scale = np.abs(X) @ np.abs(W)
+    check_y = lambda: within_bound(y, X @ W, scale, I, x.dtype)  # noqa: E731
+    check_relu = lambda: within_bound(y, np.maximum(X @ W + B, 0), scale + np.abs(B), I, x.dtype)  # noqa: E731
+    check_small = lambda: within_bound(y[:n_naive], X[:n_naive] @ W, scale[:n_naive], I, x.dtype)  # noqa: E731
+    f, f_relu = 2 * N * I * O, 2 * N * I * O + 2 * N * O
+
+    def unfused():
+        L.y_parallel(x, w, y, NB, KB)
+        L.bias_relu(y, b)
+
+    return [
+        Rung("1", "y_naive: loops n, j, i (formula order)", 1, 2 * n_naive * I * O,
+             lambda: L.y_naive(xs, w, y[:n_naive]), check_small, rows_timed=(n_naive, N)),
+        Rung("2", "y_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.y_rows(x, w, y), check_y, "1"),
+        Rung("3", "y_register: 4x4 block of x in registers", 1, f, lambda: L.y_register(x, w, y), check_y, "2"),
+        Rung("4", f"y_cache: {NB} rows x {KB}-slice of w in L1", 1, f,
+             lambda: L.y_cache(x, w, y, NB, KB), check_y, "3"),
+        Rung("5", "y_parallel: prange over row blocks", T, f,
+             lambda: L.y_parallel(x, w, y, NB, KB), check_y, "4"),
+        Rung("5+", "rung 5, then bias+ReLU in a second pass", T, f_relu, unfused, check_relu),
+        Rung("6", "y_fused: bias+ReLU epilogue per block", T, f_relu,
+             lambda: L.y_fused(x, w, b, y, NB, KB), check_relu, "5+"),
+        Rung("lg", "lingrad.linear(x, w)", T, f, lambda: lingrad.linear(x, w, out=y), check_y, "6"),
+        Rung("lg", "lingrad.linear(x, w, b, relu=True)", T, f_relu,
+             lambda: lingrad.linear(x, w, b, relu=True, out=y), check_relu, "6"),
+        Rung("np", "numpy: x @ w", T, f, lambda: np.matmul(x, w, out=y), check_y, "6"),
+        Rung("np", "numpy: np.maximum(x @ w + b, 0)", T, f_relu,
+             lambda: np.maximum(np.add(np.matmul(x, w, out=y), b, out=y), 0, out=y), check_relu, "6"),
+    ]
+
+
+def warm(dtype, T):
+    """Compile every rung once on tiny arrays (or load the on-disk cache), so no timing includes it."""
+    r = np.random.default_rng(1)
+    x, w, dy = (r.standard_normal(s).astype(dtype) for s in ((9, 6), (6, 5), (9, 5)))
+    for rung in weight_grad_rungs(x, dy, w, 9, T) + forward_rungs(x, w, w[0], 9, T):
+        rung.run()
+
+
+def check_and_time(title, rungs, repeats):
+    """Check each rung's result, then time all of them interleaved; False if any check failed."""
+    ok = True
+    for rung in rungs:
+        rung.run()
+        if not rung.check():
+            print(f"  MISMATCH: rung {rung.label} ({rung.what}) differs from numpy beyond rounding")
+            ok = False
+    for rung, seconds in zip(rungs, interleaved_min([r.run for r in rungs], repeats=repeats)):
+        rung.seconds = seconds
+    print_table(title, rungs)
+    return ok
+
+
+def print_table(title, rungs):
+    by_label = {r.label: r for r in rungs}
+    print(f"\n{title}")
+    print(f"  {'rung':<4} {'kernel':<46} {'thr':>3} {'ms':>9} {'GFLOP/s':>8}  speedup")
+    notes = []
+    for r in rungs:
+        ms, mark = r.seconds * 1e3, " "
+        if r.rows_timed and r.rows_timed[0] < r.rows_timed[1]:
+            timed, N = r.rows_timed
+            ms, mark = ms * N / timed, "*"
+            notes.append(f"  * rung {r.label} was timed on the first {timed} rows; its ms is that time "
+                         f"x {N}/{timed} (an estimate: on the full batch its strided reads miss "
+                         f"cache more often, so it is likely slower still)")
+        step = ""
+        if r.baseline is not None:
+            step = f"{r.gflops / by_label[r.baseline].gflops:6.1f}x vs {r.baseline}"
+        print(f"  {r.label:<4} {r.what:<46} {r.threads:>3} {ms:>8.1f}{mark} {r.gflops:>8.2f}  {step}")
+    if notes:
+        print("\n".join(notes))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m lingrad ladder", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=50000, help="batch size N (default 50000, the lesson's)")
+    p.add_argument("--i", type=int, default=784, help="inputs I (default 784)")
+    p.add_argument("--o", type=int, default=50, help="outputs O (default 50)")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--threads", type=int, default=lingrad.get_num_threads(),
+                   help="threads for rungs 5-6, lingrad and numpy (default: all)")
+    p.add_argument("--repeats", type=int, default=3, help="timing repeats, min taken (default 3)")
+    p.add_argument("--naive-n", type=int, default=2000,
+                   help="rows used to time rung 1 (default 2000; >= N times it in full)")
+    a = p.parse_args(argv)
+    if min(a.n, a.i, a.o, a.threads, a.repeats, a.naive_n) < 1:
+        p.error("--n, --i, --o, --threads, --repeats and --naive-n must be positive")
+    N, I, O, T = a.n, a.i, a.o, a.threads
+    dt = np.dtype(a.dtype)
+    r = np.random.default_rng(0)
+    x = r.standard_normal((N, I)).astype(dt)
+    w = (r.standard_normal((I, O)) * np.sqrt(2 / I)).astype(dt)
+    b = r.standard_normal(O).astype(dt)
+    dy = r.standard_normal((N, O)).astype(dt)
+    n_naive = min(N, a.naive_n)
+    print(f"optimisation ladder: x ({N}, {I}), w ({I}, {O}), dy ({N}, {O}), {a.dtype}; "
+          f"rungs 1-4 on 1 thread, the rest on {T}")
+    with lingrad.num_threads(T), blas_threads(T):
+        t0 = time.perf_counter()
+        warm(dt, T)
+        print(f"compiled or loaded from cache in {time.perf_counter() - t0:.1f} s (not in any timing)")
+        ok = check_and_time("weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   (rung 6 and '5+': + db)",
+                            weight_grad_rungs(x, dy, w, n_naive, T), a.repeats)
+        ok &= check_and_time("forward  y[n, j] = sum_i x[n, i] * w[i, j]   (rung 6 and '5+': + b, then ReLU)",
+                             forward_rungs(x, w, b, n_naive, T), a.repeats)
+    print(f"\nms: best of {a.repeats} interleaved repeats; speedup: GFLOP/s ratio to the rung named. "
+          f"lg = lingrad's production kernel, np = numpy.")
+    print("every result checked against numpy float64: ok" if ok else "SOME RESULTS DID NOT MATCH numpy")
+    return 0 if ok else 1
