@@ -22,7 +22,7 @@ def gemm_rows(a, b, bt, c):
     for m0 in range(0, M, MB):
         m1 = min(M, m0 + MB)
         for p0 in range(0, P, NC):
-            for k0 in range(0, K, KC):
+            for k0 in range(0, max(K, 1), KC):  # K == 0 still writes c = 0
                 dot_tile(a[m0:m1], bt, c[m0:m1], p0, min(P, p0 + NC), k0, min(K, k0 + KC), k0 > 0)
 
 

@@ -10,7 +10,7 @@ from lingrad import reference as ref
 # the SMALL_K=16 switch, N past NB=256 (packed dw path, several chunks), I past
 # KC=512 (forward k-blocking), O past KC (dx k-blocking).
 SHAPES = [
-    (0, 3, 4), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),
+    (0, 3, 4), (5, 0, 3), (5, 3, 0), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),
     (33, 65, 3), (257, 33, 37), (600, 33, 37), (600, 50, 1), (300, 1, 40),
     (70, 1030, 9), (70, 5, 530), (64, 64, 64),
 ]

@@ -8,14 +8,17 @@ import numpy as np
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_arrays(**named):
+def as_float_arrays(required, **named):
     """Convert each named input to an ndarray and check that they share one float dtype.
 
-    None values are passed through. Returns the arrays in the order given.
+    Names in ``required`` must not be None; other None values are passed
+    through. Returns the arrays in the order given.
     """
     arrays = {}
     for name, a in named.items():
         if a is None:
+            if name in required:
+                raise TypeError(f"{name} is required: pass a float32 or float64 array, not None")
             arrays[name] = None
             continue
         if not isinstance(a, np.ndarray):
@@ -53,7 +56,13 @@ def check_dim(a, a_name, a_axis, size, what):
 
 def rows(a, cols):
     """The (rows, cols) C-contiguous 2-D view of a (..., cols) array; copies only if needed."""
-    return np.ascontiguousarray(a).reshape(-1, cols)
+    return np.ascontiguousarray(a).reshape(n_rows(a.shape), cols)
+
+
+def n_rows(shape):
+    """Rows of the flattened batch: the product of all but the last axis (explicit, so
+    that a zero-length last axis still reshapes)."""
+    return int(np.prod(shape[:-1], dtype=np.int64))
 
 
 class Out:
@@ -83,10 +92,10 @@ class Out:
             self.user = out
         self.direct = self.user.flags.c_contiguous
         if self.direct:
-            self.buf = self.user.reshape(-1, shape[-1]) if as_rows else self.user
+            self.buf = self.user.reshape(n_rows(shape), shape[-1]) if as_rows else self.user
         else:
             src = np.ascontiguousarray(self.user) if accumulate else np.empty(shape, dtype)
-            self.buf = src.reshape(-1, shape[-1]) if as_rows else src
+            self.buf = src.reshape(n_rows(shape), shape[-1]) if as_rows else src
 
     def done(self):
         if not self.direct:

@@ -48,7 +48,7 @@ def linear(x, w, b=None, *, relu=False, out=None):
     Returns y of shape (..., O) in the same dtype, written into ``out`` if given.
     numpy: ``x @ w + b``, or ``np.maximum(x @ w + b, 0)`` with relu=True.
     """
-    x, w, b = as_float_arrays(x=x, w=w, b=b)
+    x, w, b = as_float_arrays({"x", "w"}, x=x, w=w, b=b)
     check_ndim(x, "x", "1+", "(..., I)")
     check_ndim(w, "w", 2, "(I, O)")
     I, O = w.shape
@@ -98,11 +98,16 @@ def bias_grad(dy, *, relu_out=None, out=None, accumulate=False):
 
 
 def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
-    x, w, dy, relu_out = as_float_arrays(x=x, w=w, dy=dy, relu_out=relu_out)
+    required = {"dy"} | ({"w"} if need_dx else set()) | ({"x"} if need_dw else set())
+    x, w, dy, relu_out = as_float_arrays(required, x=x, w=w, dy=dy, relu_out=relu_out)
     if out is None:
         out = (None, None, None)
+    if not isinstance(out, (tuple, list)):
+        raise TypeError(f"out must be a (dx, dw, db) tuple, got {type(out).__name__}; "
+                        f"use None for any buffer you do not pass")
     if len(out) != 3:
-        raise ValueError("out must be a (dx, dw, db) tuple; use None for any you do not pass")
+        raise ValueError(f"out must be a (dx, dw, db) tuple of 3, got {len(out)} items; "
+                         f"use None for any buffer you do not pass")
     check_ndim(dy, "dy", "1+", "(..., O)")
     O = dy.shape[-1]
     if relu_out is not None and relu_out.shape != dy.shape:
