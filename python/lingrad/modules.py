@@ -1,0 +1,127 @@
+"""The fast.ai lesson's model, module by module, on lingrad's kernels.
+
+    model = Model(w1, b1, w2, b2)          # Lin(w1, b1) -> Relu() -> Lin(w2, b2), loss Mse()
+    loss = forward_and_backward(x, targ, model)
+    model.layers[0].w.g                    # dL/dw1, set by the backward pass
+
+As in the lesson, each module's ``__call__`` stores its input(s) and output,
+and ``backward()`` reads the gradient of its output (``self.out.g``, set by the
+module after it) and sets ``.g`` on its input and its parameters:
+
+    Lin:   y = x @ w + b     x.g = y.g @ w.T    w.g = x.T @ y.g    b.g = y.g.sum(0)
+    Relu:  y = max(x, 0)     x.g = (x > 0) * y.g
+    Mse:   L = mean((x - t)^2)    x.g = 2 (x - t) / x.size
+
+Lin runs lingrad.linear and lingrad.linear_backward (the kernels in
+kernels/forward.py and kernels/backward.py); docs/derivation.md derives each line.
+
+numpy arrays cannot take new attributes, so parameters and activations are
+``Tensor`` views: ndarrays that can carry a ``.g`` as a torch tensor does in
+the lesson. ``tensor(a)`` makes one without copying.
+"""
+import numpy as np
+
+from .api import linear, linear_backward
+
+
+class Tensor(np.ndarray):
+    """An ndarray that can carry a gradient in ``.g`` (the lesson's torch tensors do)."""
+
+
+def tensor(a):
+    """``a`` itself if it is a Tensor, else a Tensor view of it (no copy for an ndarray)."""
+    return a if isinstance(a, Tensor) else np.asarray(a).view(Tensor)
+
+
+class Module:
+    """__call__ runs forward (which stores the inputs) and stores the output as ``self.out``."""
+
+    def __call__(self, *args):
+        self.out = tensor(self.forward(*args))
+        return self.out
+
+    def forward(self, *args):
+        raise NotImplementedError
+
+    def backward(self):
+        raise NotImplementedError
+
+    def parameters(self):
+        return []
+
+
+class Lin(Module):
+    """y = x @ w + b.   x (N, I), w (I, O), b (O,) -> y (N, O)."""
+
+    def __init__(self, w, b):
+        self.w, self.b = tensor(w), tensor(b)
+
+    def forward(self, x):
+        self.inp = x
+        return linear(x, self.w, self.b)
+
+    def backward(self):
+        """x.g = out.g @ w.T;  w.g = x.T @ out.g;  b.g = out.g.sum(0)   (one lingrad call)."""
+        g = linear_backward(self.inp, self.w, self.out.g)
+        self.inp.g, self.w.g, self.b.g = g.dx, g.dw, g.db
+
+    def parameters(self):
+        return [self.w, self.b]
+
+
+class Relu(Module):
+    """y = max(x, 0), elementwise."""
+
+    def forward(self, x):
+        self.inp = x
+        return np.maximum(x, 0)
+
+    def backward(self):
+        """x.g = (x > 0) * out.g: elementwise (*), since y[n, j] depends on x[n, j] only."""
+        self.inp.g = (self.inp > 0) * self.out.g
+
+
+class Mse(Module):
+    """L = mean((x - targ)^2), a scalar.  x (N, 1) as the model's output, targ (N,) or x's shape."""
+
+    def forward(self, x, targ):
+        self.inp, self.targ = x, targ
+        return np.mean((x - targ.reshape(x.shape)) ** 2)
+
+    def backward(self):
+        """x.g = 2 (x - targ) / x.size: every element enters the mean with weight 1 / x.size."""
+        x = self.inp
+        self.inp.g = (2 * (x - self.targ.reshape(x.shape)) / x.size).astype(x.dtype)
+
+
+class Model:
+    """The lesson's MLP: Lin(w1, b1) -> Relu -> Lin(w2, b2), with an Mse loss."""
+
+    def __init__(self, w1, b1, w2, b2):
+        self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]
+        self.loss = Mse()
+
+    def __call__(self, x, targ):
+        x = tensor(x)
+        for layer in self.layers:
+            x = layer(x)
+        return self.loss(x, targ)
+
+    def backward(self):
+        self.loss.backward()
+        for layer in reversed(self.layers):
+            layer.backward()
+
+    def parameters(self):
+        return [p for layer in self.layers for p in layer.parameters()]
+
+
+def forward_and_backward(x, targ, model):
+    """One forward pass and one backward pass; returns the loss, leaves every .g set.
+
+    Afterwards x.g is dL/dx when x is a Tensor, and each parameter p of the
+    model has p.g = dL/dp, as in the lesson.
+    """
+    loss = model(x, targ)
+    model.backward()
+    return loss
