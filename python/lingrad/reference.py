@@ -22,14 +22,17 @@ def input_grad(dy, w, relu_out=None):
     return relu_mask(dy, relu_out) @ w.T
 
 
+def _rows(a):
+    """(..., k) -> (rows, k): the batch flattened (explicit, so k == 0 works too)."""
+    return a.reshape(int(np.prod(a.shape[:-1])), a.shape[-1])
+
+
 def weight_grad(x, dy, relu_out=None):
-    d = relu_mask(dy, relu_out)
-    return x.reshape(-1, x.shape[-1]).T @ d.reshape(-1, d.shape[-1])
+    return _rows(x).T @ _rows(relu_mask(dy, relu_out))
 
 
 def bias_grad(dy, relu_out=None):
-    d = relu_mask(dy, relu_out)
-    return d.reshape(-1, d.shape[-1]).sum(0)
+    return _rows(relu_mask(dy, relu_out)).sum(0)
 
 
 # ---- naive loops, one line of math each --------------------------------------
