@@ -65,11 +65,6 @@ def exact_colsum(columns):
     return columns.astype(np.float64).sum(1)
 
 
-WIDE_DB_BUG = pytest.mark.xfail(strict=True, reason=(
-    "kernels/tile.py colsum_acc forms each NB=256-row block sum in float32 as a running "
-    "sum (along n for every column when O > 1), so zero-mean data has 1.5-3x the rms error "
-    "of numpy's pairwise sum; accumulating the block in float64 (acc's dtype) fixes it"))
-
 # A single zero-mean column is left out on purpose: its error is one sample of a random
 # walk, so comparing it with numpy's (another sample) is a coin toss, not a test. Zero-mean
 # data is compared over 8 and 32 columns, where the rms averages that noise away.
@@ -78,8 +73,8 @@ DB_CASES = [
     pytest.param(10**7, 1, "normal+1", id="1e7x1-normal+1"),
     pytest.param(10**6, 8, "uniform", id="1e6x8-uniform"),
     pytest.param(10**6, 32, "uniform", id="1e6x32-uniform"),
-    pytest.param(10**6, 8, "normal", id="1e6x8-normal", marks=WIDE_DB_BUG),
-    pytest.param(10**6, 32, "normal", id="1e6x32-normal", marks=WIDE_DB_BUG),
+    pytest.param(10**6, 8, "normal", id="1e6x8-normal"),
+    pytest.param(10**6, 32, "normal", id="1e6x32-normal"),
 ]
 
 
