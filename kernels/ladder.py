@@ -238,17 +238,26 @@ def chunk(N, T, t):
     return t * N // T, (t + 1) * N // T
 
 
-@njit(**PJIT)
+@njit(**JIT)
 def merge(part, out):
-    """out[r] = sum_t part[t, r].   shapes: part (T, R), out (R,).   numpy: out[:] = part.sum(0)
-
-    Parallel over r: each iteration owns out[r], so it is race-free.
-    """
-    for r in prange(out.shape[0]):
+    """out[r] = sum_t part[t, r].   shapes: part (T, R), out (R,).   numpy: out[:] = part.sum(0). Serial."""
+    for r in range(out.shape[0]):
         s = out.dtype.type(0)
         for t in range(part.shape[0]):
             s += part[t, r]
         out[r] = s
+
+
+@njit(**PJIT)
+def merge_rows(part, dw):
+    """dw[i, :] = sum_t part[t, i, :] with part (T, I*O) holding T partial dw's flattened.
+
+    numpy: dw[:] = part.sum(0).reshape(dw.shape)
+    Parallel over rows i of dw: each iteration owns dw[i], so it is race-free.
+    """
+    O = dw.shape[1]
+    for i in prange(dw.shape[0]):
+        merge(part[:, i * O:(i + 1) * O], dw[i])
 
 
 @njit(**PJIT)
@@ -260,8 +269,8 @@ def dw_parallel(x, dy, dw, nb, T):
     Parallel over T chunks of the batch, the summed axis: chunk t runs rung 4
     on its rows into its own partial part[t] (I x O), so no two threads write
     the same element. Writing dw[i, j] += ... from every thread instead would
-    race (lost updates). The T partials are then summed by merge, parallel
-    over the elements of dw (each owns its own).
+    race (lost updates). The T partials are then summed by merge_rows,
+    parallel over rows of dw (each iteration owns its row).
     """
     N, I = x.shape
     O = dy.shape[1]
@@ -269,7 +278,7 @@ def dw_parallel(x, dy, dw, nb, T):
     for t in prange(T):
         n0, n1 = chunk(N, T, t)
         dw_cache(x[n0:n1], dy[n0:n1], part[t].reshape((I, O)), nb)
-    merge(part, dw.reshape(I * O))
+    merge_rows(part, dw)
 
 
 @njit(**PJIT)
@@ -318,8 +327,9 @@ def dw_db_fused(x, dy, dw, db, nb, T):
     shapes: x (N, I), dy (N, O), dw (I, O), db (O,); T chunks, one per thread.
     numpy:  dw[:] = x.T @ dy;  db[:] = dy.sum(0)
     As rung 5, with per-thread partials for both: chunk t writes only
-    part_w[t] and part_b[t] (race-free); merge then sums them, parallel over
-    the elements of dw and db. dy is read once for both gradients.
+    part_w[t] and part_b[t] (race-free); merge_rows sums the dw partials in
+    parallel over rows of dw, and the T x O db partials are summed serially
+    (too little work for threads). dy is read once for both gradients.
     """
     N, I = x.shape
     O = dy.shape[1]
@@ -328,7 +338,7 @@ def dw_db_fused(x, dy, dw, db, nb, T):
     for t in prange(T):
         n0, n1 = chunk(N, T, t)
         dw_db_cache(x[n0:n1], dy[n0:n1], part_w[t].reshape((I, O)), part_b[t], nb)
-    merge(part_w, dw.reshape(I * O))
+    merge_rows(part_w, dw)
     merge(part_b, db)
 
 
@@ -338,7 +348,7 @@ def db_parallel(dy, db, T):
 
     shapes: dy (N, O), db (O,); T chunks, one per thread.   numpy: db[:] = dy.sum(0)
     Parallel over T chunks of the batch with per-thread partials (race-free),
-    then merge.
+    then a serial merge of the T x O partials.
     """
     N, O = dy.shape
     part = np.zeros((T, O), db.dtype)

@@ -21,10 +21,10 @@ from lingrad.kernels import ladder as L
 
 from .timing import blas_threads, interleaved_min
 
-# Ladder block sizes (arguments to the kernels, so they can be varied here):
+# Default block sizes of the ladder (arguments to the kernels; --nb / --kb here):
 # nb rows of the batch (64 x O=50 floats: 12.8 KB float32, 25.6 KB float64,
 # inside a 32 KB L1d), kb-long slices of the forward's summed axis i
-# (64 x 50 slice of w: same size).
+# (64 x 50 slice of w: the same size).
 NB = 64
 KB = 64
 
@@ -49,7 +49,7 @@ def within_bound(got, ref64, scale, k, dtype):
     return bool(np.all(np.abs(got.astype(np.float64) - ref64) <= (k + 2) * eps * scale + 1e-300))
 
 
-def weight_grad_rungs(x, dy, w, n_naive, T):
+def weight_grad_rungs(x, dy, w, n_naive, T, nb=NB):
     """The rows for dw = x.T @ dy (and db = dy.sum(0) from rung 6 on)."""
     N, I = x.shape
     O = dy.shape[1]
@@ -65,7 +65,7 @@ def weight_grad_rungs(x, dy, w, n_naive, T):
     f, f_db = 2 * N * I * O, 2 * N * I * O + N * O
 
     def unfused():
-        L.dw_parallel(x, dy, dw, NB, T)
+        L.dw_parallel(x, dy, dw, nb, T)
         L.db_parallel(dy, db, T)
 
     return [
@@ -74,13 +74,13 @@ def weight_grad_rungs(x, dy, w, n_naive, T):
         Rung("2", "dw_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.dw_rows(x, dy, dw), check_dw, "1"),
         Rung("3", "dw_register: 4x4 block of x in registers", 1, f,
              lambda: L.dw_register(x, dy, dw), check_dw, "2"),
-        Rung("4", f"dw_cache: {NB}-row blocks of dy in L1", 1, f,
-             lambda: L.dw_cache(x, dy, dw, NB), check_dw, "3"),
+        Rung("4", f"dw_cache: {nb}-row blocks of dy in L1", 1, f,
+             lambda: L.dw_cache(x, dy, dw, nb), check_dw, "3"),
         Rung("5", "dw_parallel: prange, per-thread partials", T, f,
-             lambda: L.dw_parallel(x, dy, dw, NB, T), check_dw, "4"),
+             lambda: L.dw_parallel(x, dy, dw, nb, T), check_dw, "4"),
         Rung("5+", "rung 5, then db in a second pass over dy", T, f_db, unfused, check_dw_db),
         Rung("6", "dw_db_fused: dw and db from one pass", T, f_db,
-             lambda: L.dw_db_fused(x, dy, dw, db, NB, T), check_dw_db, "5+"),
+             lambda: L.dw_db_fused(x, dy, dw, db, nb, T), check_dw_db, "5+"),
         Rung("lg", "lingrad.weight_grad(x, dy)", T, f, lambda: lingrad.weight_grad(x, dy, out=dw),
              check_dw, "6"),
         Rung("lg", "lingrad.linear_backward(need_dx=False)", T, f_db,
@@ -91,7 +91,7 @@ def weight_grad_rungs(x, dy, w, n_naive, T):
     ]
 
 
-def forward_rungs(x, w, b, n_naive, T):
+def forward_rungs(x, w, b, n_naive, T, nb=NB, kb=KB):
     """The rows for y = x @ w (and + b, ReLU from rung 6 on)."""
     N, I = x.shape
     O = w.shape[1]
@@ -105,7 +105,7 @@ def forward_rungs(x, w, b, n_naive, T):
     f, f_relu = 2 * N * I * O, 2 * N * I * O + 2 * N * O
 
     def unfused():
-        L.y_parallel(x, w, y, NB, KB)
+        L.y_parallel(x, w, y, nb, kb)
         L.bias_relu(y, b)
 
     return [
@@ -113,13 +113,13 @@ def forward_rungs(x, w, b, n_naive, T):
              lambda: L.y_naive(xs, w, y[:n_naive]), check_small, rows_timed=(n_naive, N)),
         Rung("2", "y_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.y_rows(x, w, y), check_y, "1"),
         Rung("3", "y_register: 4x4 block of x in registers", 1, f, lambda: L.y_register(x, w, y), check_y, "2"),
-        Rung("4", f"y_cache: {NB} rows x {KB}-slice of w in L1", 1, f,
-             lambda: L.y_cache(x, w, y, NB, KB), check_y, "3"),
+        Rung("4", f"y_cache: {nb} rows x {kb}-slice of w in L1", 1, f,
+             lambda: L.y_cache(x, w, y, nb, kb), check_y, "3"),
         Rung("5", "y_parallel: prange over row blocks", T, f,
-             lambda: L.y_parallel(x, w, y, NB, KB), check_y, "4"),
+             lambda: L.y_parallel(x, w, y, nb, kb), check_y, "4"),
         Rung("5+", "rung 5, then bias+ReLU in a second pass", T, f_relu, unfused, check_relu),
         Rung("6", "y_fused: bias+ReLU epilogue per block", T, f_relu,
-             lambda: L.y_fused(x, w, b, y, NB, KB), check_relu, "5+"),
+             lambda: L.y_fused(x, w, b, y, nb, kb), check_relu, "5+"),
         Rung("lg", "lingrad.linear(x, w)", T, f, lambda: lingrad.linear(x, w, out=y), check_y, "6"),
         Rung("lg", "lingrad.linear(x, w, b, relu=True)", T, f_relu,
              lambda: lingrad.linear(x, w, b, relu=True, out=y), check_relu, "6"),
@@ -184,9 +184,11 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timing repeats, min taken (default 3)")
     p.add_argument("--naive-n", type=int, default=2000,
                    help="rows used to time rung 1 (default 2000; >= N times it in full)")
+    p.add_argument("--nb", type=int, default=NB, help=f"rows of the batch per block, rungs 4-6 (default {NB})")
+    p.add_argument("--kb", type=int, default=KB, help=f"slice of i per block, forward rungs 4-6 (default {KB})")
     a = p.parse_args(argv)
-    if min(a.n, a.i, a.o, a.threads, a.repeats, a.naive_n) < 1:
-        p.error("--n, --i, --o, --threads, --repeats and --naive-n must be positive")
+    if min(a.n, a.i, a.o, a.threads, a.repeats, a.naive_n, a.nb, a.kb) < 1:
+        p.error("--n, --i, --o, --threads, --repeats, --naive-n, --nb and --kb must be positive")
     N, I, O, T = a.n, a.i, a.o, a.threads
     dt = np.dtype(a.dtype)
     r = np.random.default_rng(0)
@@ -202,9 +204,9 @@ def main(argv=None):
         warm(dt, T)
         print(f"compiled or loaded from cache in {time.perf_counter() - t0:.1f} s (not in any timing)")
         ok = check_and_time("weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   (rung 6 and '5+': + db)",
-                            weight_grad_rungs(x, dy, w, n_naive, T), a.repeats)
+                            weight_grad_rungs(x, dy, w, n_naive, T, a.nb), a.repeats)
         ok &= check_and_time("forward  y[n, j] = sum_i x[n, i] * w[i, j]   (rung 6 and '5+': + b, then ReLU)",
-                             forward_rungs(x, w, b, n_naive, T), a.repeats)
+                             forward_rungs(x, w, b, n_naive, T, a.nb, a.kb), a.repeats)
     print(f"\nms: best of {a.repeats} interleaved repeats; speedup: GFLOP/s ratio to the rung named. "
           f"lg = lingrad's production kernel, np = numpy.")
     print("every result checked against numpy float64: ok" if ok else "SOME RESULTS DID NOT MATCH numpy")
