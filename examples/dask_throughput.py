@@ -18,8 +18,9 @@ import contextlib
 
 import numpy as np
 
-import lingrad
-from lingrad.timing import interleaved_min
+# lingrad (and so numba) is imported inside main(), not here: worker processes are spawned,
+# and a spawned process re-runs this module's top level before the Nanny sets its
+# NUMBA_NUM_THREADS=1; numba imported that early would keep the default thread count.
 
 
 def mlp_grads(lin, X, T, w1, b1, w2, b2, n):
@@ -43,7 +44,9 @@ def main(argv=None):
     import dask.array as da
     from distributed import Client, LocalCluster, wait
 
+    import lingrad
     import lingrad.dask
+    from lingrad.timing import interleaved_min
 
     I, H = 784, 50
     r = np.random.default_rng(0)
@@ -63,6 +66,9 @@ def main(argv=None):
                 n_workers=k, threads_per_worker=1, processes=True, dashboard_address=None,
                 env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}))
             client = stack.enter_context(Client(cluster, set_as_default=False))
+            threads = set(client.run(lingrad.get_num_threads).values())
+            if threads != {1}:
+                raise RuntimeError(f"workers run {threads} Numba threads, expected 1")
             g = da.random.default_rng(1)  # the batch is made on the workers and stays there
             X, T = client.persist([g.standard_normal((a.n, I), dtype=np.float32, chunks=(a.rows, -1)),
                                    g.standard_normal((a.n, 1), dtype=np.float32, chunks=(a.rows, -1))])

@@ -33,6 +33,8 @@ def client(da):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None, env={"NUMBA_NUM_THREADS": "1"}) as cluster, \
             distributed.Client(cluster) as c:
+        import lingrad
+        assert set(c.run(lingrad.get_num_threads).values()) == {1}
         yield c
     assert cluster.status.name == "closed"
 
@@ -78,6 +80,20 @@ def test_linear_backward_on_cluster(client, da, rng, dtype):
     assert_close(dx, dy64 @ w64.T, np.abs(dy64) @ np.abs(w64.T), O, dtype)
     assert_close(dw, x64.T @ dy64, np.abs(x64.T) @ np.abs(dy64), N // ROWS + ROWS, dtype)
     assert_close(db, dy64.sum(0), np.abs(dy64).sum(0), N // ROWS + ROWS, dtype)
+
+
+def test_npy_file_on_cluster(client, tmp_path, rng):
+    """The same .npy files the streaming API reads, as dask arrays read by the workers."""
+    import dask
+    import lingrad.dask as ld
+    x, w, b, dy = data(rng, np.float64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "dy.npy", dy)
+    X, DY = ld.from_npy(tmp_path / "x.npy", ROWS), ld.from_npy(tmp_path / "dy.npy", 300)
+    assert X.chunks == ((ROWS,) * 8, (I,)) and DY.chunks[0] == (300, 300, 300, 100)
+    dw, db = dask.compute(*ld.linear_backward(X, w, DY, need_dx=False))
+    np.testing.assert_allclose(dw, x.T @ dy, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(db, dy.sum(0), rtol=1e-12, atol=1e-12)
 
 
 def test_lesson_mlp_on_cluster(client, da, rng):

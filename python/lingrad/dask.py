@@ -23,6 +23,8 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess by the 
     raise ImportError('lingrad.dask needs dask: pip install "lingrad[dask]" '
                       '(dask[array] and distributed)') from e
 
+import os
+
 import numpy as np
 
 from . import api
@@ -106,6 +108,29 @@ def _tree_sum_weight_bias(x, dy, masked, need_dw, need_db, split_every):
                             need_dw=need_dw, need_db=need_db)
     total = partials.sum(axis=0, split_every=split_every, dtype=dy.dtype)
     return (total[:I] if need_dw else None), (total[I] if need_db else None)
+
+
+def from_npy(path, rows):
+    """A dask array over a .npy file, in chunks of ``rows`` rows, read where the tasks run.
+
+    Each chunk is ``np.load(path, mmap_mode="r")[lo:lo + rows]``, read by the worker that
+    computes it: the file must be at the same path on every worker (a shared filesystem);
+    only the header is read here. numpy: ``np.load(path)``.
+    """
+    path = os.fspath(path)
+    a = np.load(path, mmap_mode="r")
+    if a.ndim == 0 or not isinstance(rows, (int, np.integer)) or rows < 1:
+        raise ValueError(f"need a file of at least 1-D and rows >= 1, got shape {a.shape}, rows {rows!r}")
+    n = a.shape[0]
+    row_chunks = (rows,) * (n // rows) + ((n % rows,) if n % rows else ())
+    return da.map_blocks(_read_rows, path, int(rows), dtype=a.dtype,
+                         chunks=(row_chunks,) + tuple((d,) for d in a.shape[1:]),
+                         meta=np.empty((0,) * a.ndim, a.dtype))
+
+
+def _read_rows(path, rows, block_id=None):
+    lo = block_id[0] * rows
+    return np.array(np.load(path, mmap_mode="r")[lo:lo + rows])
 
 
 # ---- checks and conversions ----------------------------------------------------------------
