@@ -6,6 +6,7 @@ once to C order. ``w`` is small (I*O) and is also used transposed, so both
 ``w`` and ``w.T`` are made contiguous: a PyTorch-layout weight passed as
 ``W.T`` costs nothing for the forward pass and one I*O copy for ``dx``.
 """
+import os
 import threading
 from collections import namedtuple
 
@@ -19,6 +20,7 @@ LinearGrads = namedtuple("LinearGrads", ["dx", "dw", "db"])
 LinearGrads.__doc__ = "Gradients of y = x @ w + b: dx (like x), dw (like w), db (like b); None if skipped."
 
 _workqueue_lock = threading.Lock()
+_launch_pid = []  # the process that last launched lingrad's parallel kernels
 
 
 def _call(parallel, serial, work, *args):
@@ -26,7 +28,9 @@ def _call(parallel, serial, work, *args):
 
     Numba's fallback 'workqueue' threading layer is not safe for concurrent
     parallel launches from several Python threads, so those are serialised
-    with a lock; the 'omp' and 'tbb' layers run them concurrently.
+    with a lock; the 'omp' and 'tbb' layers run them concurrently. GNU OpenMP
+    cannot be used again in a child forked after the parent started it, so a
+    forked child runs the serial kernels under 'omp'.
     """
     if work < K.SERIAL_WORK or numba.get_num_threads() == 1:
         return serial(*args)
@@ -34,6 +38,9 @@ def _call(parallel, serial, work, *args):
         layer = numba.threading_layer()
     except ValueError:  # no parallel region has run yet in this process
         layer = None
+    if layer == "omp" and _launch_pid and _launch_pid[0] != os.getpid():
+        return serial(*args)  # a child forked after the parent used the pool
+    _launch_pid[:] = [os.getpid()]
     if layer in ("omp", "tbb"):
         return parallel(*args)
     with _workqueue_lock:
