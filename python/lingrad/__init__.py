@@ -3,9 +3,13 @@
     y  = lingrad.linear(x, w, b)                 # x (N, I), w (I, O), b (O,)
     dx, dw, db = lingrad.linear_backward(x, w, dy)
     # dx = dy @ w.T     dw = x.T @ dy     db = dy.sum(0)
+
+lingrad.dask (optional extra "lingrad[dask]") is imported on its own: import lingrad.dask
 """
 from . import kernels, reference
+from . import stream
 from .api import LinearGrads, bias_grad, input_grad, linear, linear_backward, weight_grad
+from .gradcheck import gradcheck
 from .threads import get_num_threads, num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -13,4 +17,5 @@ __version__ = "0.1.0"
 __all__ = [
     "linear", "linear_backward", "input_grad", "weight_grad", "bias_grad", "LinearGrads",
     "set_num_threads", "get_num_threads", "num_threads", "reference", "kernels",
+    "gradcheck", "stream",
 ]
