@@ -161,9 +161,10 @@ def print_table(title, rungs):
         if r.rows_timed and r.rows_timed[0] < r.rows_timed[1]:
             timed, N = r.rows_timed
             ms, mark = ms * N / timed, "*"
-            notes.append(f"  * rung {r.label} was timed on the first {timed} rows; its ms is that time "
-                         f"x {N}/{timed} (an estimate: on the full batch its strided reads miss "
-                         f"cache more often, so it is likely slower still)")
+            notes.append(f"  * rung {r.label} was timed on the first {timed} rows and its ms scaled by "
+                         f"{N}/{timed}: an optimistic estimate where the subsample's strided columns "
+                         f"fit in cache and the full batch's do not (dw_naive; see docs/ladder.md). "
+                         f"--naive-n {N} times it in full.")
         step = ""
         if r.baseline is not None:
             step = f"{r.gflops / by_label[r.baseline].gflops:6.1f}x vs {r.baseline}"
