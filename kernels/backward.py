@@ -7,9 +7,9 @@ at a time, so no temporary of dy's size is ever made.
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .config import JIT, MB, NB, PJIT, SMALL_K
+from .config import JIT, MB, NB, NN_P, PJIT
 from .forward import gemm_rows
-from .tile import colsum_acc, dot_tile, outer_acc
+from .tile import colsum_acc, nn_tile
 
 
 @njit(**JIT)
@@ -51,9 +51,9 @@ def input_grad(dy, w, wt, y, masked, dx):
 
 @njit(**JIT)
 def dw_transposed(I, O):
-    """Whether the per-thread dw partials are stored as dw.T (O, I): for a
-    narrow O, so that rank-1 updates run along the long axis I."""
-    return O <= SMALL_K and O < I
+    """Whether the per-thread dw partials are stored as dw.T (O, I): when O is
+    the shorter axis, so that the NN kernel vectorises along the longer, I."""
+    return O < I
 
 
 @njit(**JIT)
@@ -69,24 +69,25 @@ def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
     """dw_acc[i, j] += sum_n x[n, i] * d[n, j];  db_acc[j] += sum_n d[n, j]. Serial.
 
     d = dy, or where(y > 0, dy, 0) when masked. shapes: x (N, I), dy and y (N, O),
-    dw_acc (I, O) float64, db_acc (O,) float64.
+    dw_acc (I*O,) float64 holding dw, or dw.T when dw_transposed(I, O); db_acc (O,) float64.
     numpy:  dw_acc += x.T @ d;  db_acc += d.sum(0)
     Why x.T: dw[i, j] sums over the batch n, the first index of both x and dy.
     Why .sum(0): b[j] was added to every row n, so every row sends gradient to b[j].
 
     The batch is walked in blocks of NB rows; each block's (masked) dy feeds db
-    and dw while it is in cache (one pass over dy). When I and O are both
-    larger than SMALL_K and the block is full, x and d are packed transposed so
-    that the NT micro-kernel reads both along n; otherwise rank-1 updates
-    stream the rows, along the longer of I and O (dw_acc then holds dw.T
-    when O is the short one; see dw_transposed). Sums over a block are formed in the data's dtype and added
-    to the float64 accumulators once per block.
+    and dw while it is in cache (one pass over dy). For dw the NN micro-kernel
+    builds the block's dw.T = d.T @ x (or dw = x.T @ d when I is the shorter
+    axis), reading the batch rows of x (or d) as they lie in memory, so nothing
+    is packed; the longer of I and O is the vectorised axis, cut into NN_P
+    columns that stay in L2 across the block. The block's result is formed in
+    the data's dtype and added to the float64 accumulator once per block.
     """
     N, I = x.shape
     O = dy.shape[1]
-    packed = want_dw and I > SMALL_K and O > SMALL_K and N >= NB
-    xt = np.empty((I if packed else 0, NB), x.dtype)
-    dt = np.empty((O if packed else 0, NB), x.dtype)
+    tr = dw_transposed(I, O)
+    R, P = (O, I) if tr else (I, O)
+    block = np.empty((R if want_dw else 0, P), x.dtype)
+    acc = dw_acc.reshape((R if want_dw else 0, P))
     for n0 in range(0, N, NB):
         n1 = min(N, n0 + NB)
         d = masked_rows(dy[n0:n1], y[n0:n1]) if masked else dy[n0:n1]
@@ -94,17 +95,15 @@ def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
             colsum_acc(d, db_acc)
         if not want_dw:
             continue
-        if packed:
-            for n in range(n1 - n0):
-                for i in range(I):
-                    xt[i, n] = x[n0 + n, i]
-                for j in range(O):
-                    dt[j, n] = d[n, j]
-            dot_tile(xt, dt, dw_acc, 0, O, 0, n1 - n0, True)
-        elif dw_transposed(I, O):
-            outer_acc(d, x[n0:n1], dw_acc.reshape((O, I)))
-        else:
-            outer_acc(x[n0:n1], d, dw_acc)
+        for p0 in range(0, P, NN_P):
+            p1 = min(P, p0 + NN_P)
+            if tr:
+                nn_tile(d.T, x[n0:n1], block, p0, p1, 0, n1 - n0, False)
+            else:
+                nn_tile(x[n0:n1].T, d, block, p0, p1, 0, n1 - n0, False)
+        for r in range(R):
+            for p in range(P):
+                acc[r, p] += block[r, p]
 
 
 @njit(**JIT)

@@ -25,16 +25,19 @@ KC = 1024
 NC = 64
 # Rows of the output given to one parallel task in forward / dx.
 MB = 64
-# Rows of the batch packed at once for the weight gradient (transposed panels).
-NB = 256
+# Rows of the batch per block of the weight and bias gradients. Each block's dw
+# and db are summed in the data's dtype, then added to float64 partials, so the
+# float32 rounding error grows with NB, not with the batch (64: no worse than
+# numpy's pairwise sum, tests/test_accuracy.py). Also the batch-chunk granule.
+NB = 64
 
 # Below this many multiply-adds a call runs serially: launching threads costs
 # more than the work.
 SERIAL_WORK = 1 << 16
-# The weight gradient takes the rank-1 update path (no packing) when I or O
-# is this small: such layers are memory-bound.
-SMALL_K = 16
-# A summed axis up to AXPY_K long, with at least 16 output columns, uses the
-# "NN" axpy form (rows of the output built from broadcast scalars) instead of
-# the "NT" dot form, whose per-element horizontal reductions would dominate.
-AXPY_K = 16
+# A summed axis shorter than NN_K, with at least 16 output columns, uses the
+# "NN" micro-kernel (rows of the output built from broadcast scalars, 2 rows x
+# 4 k per pass) instead of the "NT" dot form, whose per-output horizontal
+# reductions dominate when k is short.
+NN_K = 128
+# Columns of the output per NN cache block (the weight gradient's dw.T rows).
+NN_P = 256

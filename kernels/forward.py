@@ -1,8 +1,8 @@
 """Forward pass y = x @ w + b (optional ReLU), and the shared row-block GEMM driver."""
 from numba import njit, prange
 
-from .config import AXPY_K, JIT, KC, MB, NC, PJIT
-from .tile import axpy_tile, dot_tile
+from .config import JIT, KC, MB, NC, NN_K, PJIT
+from .tile import dot_tile, nn_tile
 
 
 @njit(**JIT)
@@ -11,13 +11,14 @@ def gemm_rows(a, b, bt, c):
 
     numpy: c[:] = a @ b. A long summed axis uses the NT dot micro-kernel on
     cache blocks: MB rows by NC columns of c by KC values of k, so that block
-    of bt stays in L2 while the block's rows of a pass over it. A short summed axis
-    (K <= AXPY_K) with a wide c uses the NN axpy form. Serial.
+    of bt stays in L2 while the block's rows of a pass over it. A summed axis
+    shorter than NN_K with a wide c (P >= 16) uses the NN micro-kernel instead,
+    which needs no per-output horizontal reduction. Serial.
     """
     M, K = a.shape
     P = c.shape[1]
-    if K <= AXPY_K and P >= 16:
-        axpy_tile(a, b, c)
+    if K < NN_K and P >= 16:
+        nn_tile(a, b, c, 0, P, 0, K, False)
         return
     for m0 in range(0, M, MB):
         m1 = min(M, m0 + MB)

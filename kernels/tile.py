@@ -111,40 +111,57 @@ def dot_tile(a, bt, c, p0, p1, k0, k1, accumulate):
 
 
 @njit(**JIT)
-def axpy_tile(a, b, c):
-    """The "NN" form for a short summed axis: c[m, p] = sum_k a[m, k] * b[k, p].
+def nn_rows(a0, a1, b, c0, c1, p0, k0, k1):
+    """c0 += sum_k a0[k] * b[k, p0:p0+P] and the same for c1 with a1 (P = len(c0)).
 
-    shapes: a (M, K), b (K, P), c (M, P).   numpy: c[:] = a @ b
-    Each row of c is built as K scaled copies of rows of b (axpy), with the
-    inner loop running along p, contiguous in b and c. Overwrites c. Serial.
+    The body of nn_tile: 4 values of k per pass, so each pass loads 4 rows of
+    b once for both rows of c, and loads and stores c once per 4 multiply-adds
+    (storing c every multiply-add would cap the loop at the store port's
+    rate). The inner loop runs along p, contiguous in b and c: vectorised.
     """
-    M, K = a.shape
-    P = c.shape[1]
-    for m in range(M):
+    P = c0.shape[0]
+    kb = k1 - (k1 - k0) % 4
+    for k in range(k0, kb, 4):
+        s0, s1, s2, s3 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
+        t0, t1, t2, t3 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
+        b0, b1, b2, b3 = b[k, p0:p0 + P], b[k + 1, p0:p0 + P], b[k + 2, p0:p0 + P], b[k + 3, p0:p0 + P]
         for p in range(P):
-            c[m, p] = 0
-        for k in range(K):
-            s = a[m, k]
-            for p in range(P):
-                c[m, p] += s * b[k, p]
+            x0, x1, x2, x3 = b0[p], b1[p], b2[p], b3[p]
+            c0[p] += s0 * x0 + s1 * x1 + s2 * x2 + s3 * x3
+            c1[p] += t0 * x0 + t1 * x1 + t2 * x2 + t3 * x3
+    if k1 - kb >= 2:  # a tail of 2 or 3: one more pass of 2, so c is stored once more, not twice
+        s0, s1, t0, t1 = a0[kb], a0[kb + 1], a1[kb], a1[kb + 1]
+        b0, b1 = b[kb, p0:p0 + P], b[kb + 1, p0:p0 + P]
+        for p in range(P):
+            c0[p] += s0 * b0[p] + s1 * b1[p]
+            c1[p] += t0 * b0[p] + t1 * b1[p]
+        kb += 2
+    for k in range(kb, k1):
+        s, t, bk = a0[k], a1[k], b[k, p0:p0 + P]
+        for p in range(P):
+            c0[p] += s * bk[p]
+            c1[p] += t * bk[p]
 
 
 @njit(**JIT)
-def outer_acc(u, v, acc):
-    """Sum of outer products: acc[p, q] += sum_n u[n, p] * v[n, q].
+def nn_tile(a, b, c, p0, p1, k0, k1, accumulate):
+    """The "NN" micro-kernel: c[m, p] (+)= sum_{k0<=k<k1} a[m, k] * b[k, p].
 
-    shapes: u (N, P), v (N, Q), acc (P, Q), acc usually float64.
-    numpy:  acc += u.T @ v
-    One rank-1 update per row n, inner loop along q (contiguous in v and acc).
-    The products are formed in acc's precision. Serial.
+    shapes: a (M, K) (any layout: read as scalars), b (K, P), c (M, P); updates all
+    rows m and columns p0 <= p < p1.   numpy: c[:, p0:p1] (+)= a[:, k0:k1] @ b[k0:k1, p0:p1]
+    Rows of c are built two at a time from broadcast scalars of a times rows of
+    b (see nn_rows), so no horizontal reductions are needed: the form for a
+    short summed axis. An odd last row is paired with a scratch row. With accumulate False, c is overwritten. Serial.
     """
-    N, P = u.shape
-    Q = v.shape[1]
-    for n in range(N):
-        for p in range(P):
-            s = acc.dtype.type(u[n, p])
-            for q in range(Q):
-                acc[p, q] += s * v[n, q]
+    M = c.shape[0]
+    for m in range(0, M, 2):
+        c0 = c[m, p0:p1]
+        odd = m + 1 == M  # the last row of an odd count is paired with a spare row
+        c1 = np.zeros(p1 - p0, c.dtype) if odd else c[m + 1, p0:p1]
+        if not accumulate:  # zeroed pair by pair, while the rows are about to be used
+            c0[:] = 0
+            c1[:] = 0
+        nn_rows(a[m], a[m if odd else m + 1], b, c0, c1, p0, k0, k1)
 
 
 @njit(**JIT)

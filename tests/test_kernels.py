@@ -7,7 +7,7 @@ import lingrad
 from lingrad import reference as ref
 
 # (N, I, O): zero and one sizes, odd sizes, sizes one off the 4x4 tile, I or O at
-# the SMALL_K=16 switch, N past NB=256 (packed dw path, several chunks), I past
+# the 16-column switch to the NN kernel, N past NB=64 and 4*NB (several batch blocks and chunks), I past
 # KC=512 (forward k-blocking), O past KC (dx k-blocking).
 SHAPES = [
     (0, 3, 4), (5, 0, 3), (5, 3, 0), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),

@@ -11,8 +11,9 @@ The bound is written from the shapes (see kernels/backward.py and kernels/config
 
     outputs  dx (N, I), dw (I, O), db (O,)            (not counted when passed in as out=)
     + T * (I*O + O) * 8                               float64 per-thread partials of dw, db
-    + T * NB * (I + 2*O) * itemsize                   per-thread panels: x and dy packed
-                                                      transposed, one masked block of dy
+    + T * (I*O + NB*O + max(I, O)) * itemsize         per-thread: one block's dw (or dw.T) in
+                                                      the data dtype, one masked block of dy,
+                                                      a spare output row for an odd row count
     + T * MB * O * itemsize                           per-thread masked block for dx (ReLU)
     + I * O * itemsize                                the contiguous copy of w.T (dx, forward)
     + N * I * itemsize                                only for an x not in C order (copied once)
@@ -57,7 +58,7 @@ def bound(call, dtype, x_layout, masked, outputs, outs_given):
     out_bytes = {"dx": N * I, "dw": I * O, "db": O, "y": N * O}
     total = 0 if outs_given else sum(out_bytes[o] for o in made) * size
     if "dw" in made or "db" in made:
-        total += T * (I * O + O) * 8 + T * NB * (I + 2 * O) * size
+        total += T * (I * O + O) * 8 + T * (I * O + NB * O + max(I, O)) * size
     if "dx" in made or "y" in made:
         total += I * O * size + (T * MB * O * size if masked else 0)
     if x_layout != "C":

@@ -1,7 +1,7 @@
 """Property-based tests (hypothesis): any shape, dtype, layout and option matches numpy.
 
 Drawn per example: float32 or float64; batch shape with 0 to 2 leading dimensions
-(sizes from 0, and N up to past NB=256 so the packed, multi-chunk paths run); I and O
+(sizes from 0, and N up to past 4*NB so the multi-block, multi-chunk paths run); I and O
 from 0; for every array a layout
 (C, Fortran, a strided slice, negative strides, negative strides of a strided slice);
 with or without bias, ReLU, accumulate into a prefilled out=, out= in any layout;
