@@ -2,7 +2,8 @@
 
 Rules (this machine is shared and noisy): compare ratios measured in one run,
 interleaved, as the minimum of several repeats, with BLAS threads pinned to
-Numba's count, and never include JIT compilation.
+Numba's count, never include JIT compilation, and let one library's idle
+threads go to sleep before timing the next.
 """
 import contextlib
 import time
@@ -28,12 +29,22 @@ def blas_threads(n):
     return stack
 
 
-def interleaved_min(fns, repeats=5, min_time=0.05):
-    """Best time per call of each fn, running them in turn (A B C A B C ...).
+def interleaved_min(fns, repeats=5, min_time=0.05, cooldown=None):
+    """Best time of one call of each fn, running them in turn (A B C A B C ...).
 
-    Each fn runs once first (warm-up: JIT compilation and caches), then each
-    repeat calls it enough times to last about min_time seconds.
+    Each fn runs once first (warm-up: JIT compilation and caches). Then, in
+    each repeat, each fn gets a block of calls lasting about min_time seconds,
+    each call timed on its own; the result is the fastest call seen.
+
+    cooldown: seconds of sleep before each block, by default 0.12 s when more
+    than one thread is in use. An idle OpenBLAS worker spins for about 0.1 s
+    after each call (measured here: lingrad's first calls after a numpy GEMM
+    ran 2x slower, sharing the core), and an OpenMP team spins briefly too;
+    the pause lets the previous library's threads go to sleep, so no library
+    is timed while another one's threads hold the cores.
     """
+    if cooldown is None:
+        cooldown = 0.12 if numba.get_num_threads() > 1 else 0.0
     loops = []
     for f in fns:
         f()
@@ -44,10 +55,11 @@ def interleaved_min(fns, repeats=5, min_time=0.05):
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for k, f in enumerate(fns):
-            t0 = time.perf_counter()
+            time.sleep(cooldown)
             for _ in range(loops[k]):
+                t0 = time.perf_counter()
                 f()
-            best[k] = min(best[k], (time.perf_counter() - t0) / loops[k])
+                best[k] = min(best[k], time.perf_counter() - t0)
     return best
 
 
