@@ -6,15 +6,15 @@ calls these. Each driver comes in a serial ``*_rows`` form (used for tiny work,
 where starting threads costs more than the work) and a parallel form.
 """
 from .backward import (dw_transposed, finish, finish_dw_row, input_grad, input_grad_rows, masked_rows, weight_bias_chunk,
-                       weight_bias_grad, weight_bias_grad_serial, weight_bias_rows)
-from .config import JIT, KC, MB, MR, NB, NC, NR, PJIT, SERIAL_WORK, NN_K, NN_P
-from .forward import forward, forward_rows, gemm_rows
+                       weight_bias_direct, weight_bias_grad, weight_bias_grad_serial, weight_bias_rows)
+from .config import JIT, KC, MB, MR, NB, NC, NR, PJIT, SERIAL_WORK, SMALL_N, NN_K, NN_P
+from .forward import forward, forward_rows, gemm_rows, use_nn
 from .tile import colsum_acc, dot, dot_tile, nn_rows, nn_tile
 
 __all__ = [
-    "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "NN_P", "SERIAL_WORK",
+    "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "NN_P", "SERIAL_WORK", "SMALL_N",
     "dot", "dot_tile", "nn_rows", "nn_tile", "colsum_acc",
-    "gemm_rows", "forward_rows", "forward",
+    "use_nn", "gemm_rows", "forward_rows", "forward",
     "masked_rows", "input_grad_rows", "input_grad", "weight_bias_rows", "finish", "finish_dw_row", "dw_transposed", "weight_bias_chunk",
-    "weight_bias_grad", "weight_bias_grad_serial",
+    "weight_bias_grad", "weight_bias_grad_serial", "weight_bias_direct",
 ]

@@ -26,27 +26,28 @@ def masked_rows(dy, y):
 
 
 @njit(**JIT)
-def input_grad_rows(dy, w, wt, y, masked, dx):
+def input_grad_rows(dy, w, wt, y, masked, nn, dx):
     """dx[n, i] = sum_j d[n, j] * w[i, j] with d = dy, or where(y > 0, dy, 0) if masked. Serial.
 
     shapes: dy (N, O), w (I, O), wt = w.T (O, I), y (N, O) (any array when not masked), dx (N, I)
     numpy:  dx[:] = dy @ w.T
     Why w.T: dx[n, i] sums over j, the output axis, which is w's second index.
-    In the NT form both dy and w are read along j, their contiguous axis.
+    nn picks the form (gemm_rows): the NT form reads dy and w along j, their
+    contiguous axis; the NN form builds rows of dx from rows of wt.
     """
     d = masked_rows(dy, y) if masked else dy
-    gemm_rows(d, wt, w, dx)
+    gemm_rows(d, wt, w, dx, nn)
 
 
 @njit(**PJIT)
-def input_grad(dy, w, wt, y, masked, dx):
+def input_grad(dy, w, wt, y, masked, nn, dx):
     """Parallel input_grad_rows. Parallel over blocks of MB rows of dx (an output
     axis): each prange iteration owns its rows of dx, so it is race-free."""
     N = dy.shape[0]
     for t in prange((N + MB - 1) // MB):
         n0 = t * MB
         n1 = min(N, n0 + MB)
-        input_grad_rows(dy[n0:n1], w, wt, y[n0:n1], masked, dx[n0:n1])
+        input_grad_rows(dy[n0:n1], w, wt, y[n0:n1], masked, nn, dx[n0:n1])
 
 
 @njit(**JIT)
@@ -163,3 +164,21 @@ def weight_bias_grad_serial(x, dy, y, masked, want_dw, want_db, accumulate, dw_a
             finish_dw_row(dw_acc, dw, i, accumulate)
     if want_db:
         finish(db_acc, db, accumulate)
+
+
+@njit(**JIT)
+def weight_bias_direct(x, dy, y, masked, want_dw, want_db, accumulate, dw, db):
+    """weight_bias_grad for a batch of at most NB rows, written straight into dw and db.
+
+    shapes as weight_bias_grad. numpy: dw[:] (+)= x.T @ d;  db[:] (+)= d.sum(0)
+    The small-batch form: no per-thread partials and no merge. dw is built by
+    the NN micro-kernel from rows of d, in the data's dtype (a sum of at most
+    NB terms); db is summed in float64 and rounded once. Serial.
+    """
+    d = masked_rows(dy, y) if masked else dy
+    if want_dw:
+        nn_tile(x.T, d, dw, 0, dw.shape[1], 0, x.shape[0], accumulate)
+    if want_db:
+        acc = np.zeros((1, db.shape[0]))
+        colsum_acc(d, acc[0])
+        finish(acc, db, accumulate)

@@ -6,18 +6,26 @@ from .tile import dot_tile, nn_tile
 
 
 @njit(**JIT)
-def gemm_rows(a, b, bt, c):
+def use_nn(K, P):
+    """Whether c = a @ b (summed axis K, P columns of c) is faster in the NN form:
+    a short summed axis (K < NN_K), where the NT form's per-output horizontal
+    reductions dominate, and a c wide enough to vectorise along (P >= 16)."""
+    return K < NN_K and P >= 16
+
+
+@njit(**JIT)
+def gemm_rows(a, b, bt, c, nn):
     """c = a @ b for one block of rows.   shapes: a (M, K), b (K, P), bt = b.T (P, K), c (M, P)
 
-    numpy: c[:] = a @ b. A long summed axis uses the NT dot micro-kernel on
-    cache blocks: MB rows by NC columns of c by KC values of k, so that block
-    of bt stays in L2 while the block's rows of a pass over it. A summed axis
-    shorter than NN_K with a wide c (P >= 16) uses the NN micro-kernel instead,
-    which needs no per-output horizontal reduction. Serial.
+    numpy: c[:] = a @ b. With nn, the NN micro-kernel reads b (bt is not used
+    and may be empty); otherwise the NT dot micro-kernel reads bt (b may be
+    empty), on cache blocks of MB rows by NC columns of c by KC values of k,
+    so that block of bt stays in L2 while the block's rows of a pass over it.
+    The caller picks the form once per call (see use_nn). Serial.
     """
     M, K = a.shape
     P = c.shape[1]
-    if K < NN_K and P >= 16:
+    if nn:
         nn_tile(a, b, c, 0, P, 0, K, False)
         return
     for m0 in range(0, M, MB):
@@ -34,14 +42,15 @@ def relu(v):
 
 
 @njit(**JIT)
-def forward_rows(x, w, wt, b, relu_out, y):
+def forward_rows(x, w, wt, b, relu_out, nn, y):
     """y[n, j] = sum_i x[n, i] * w[i, j] + b[j], then ReLU if relu_out. Serial.
 
-    shapes: x (N, I), w (I, O), wt = w.T (O, I), b (O,) or (0,) for no bias, y (N, O).
+    shapes: x (N, I), w (I, O), wt = w.T (O, I), b (O,) or (0,) for no bias, y (N, O);
+    nn picks the micro-kernel (gemm_rows): the NN form reads w, the NT form wt.
     numpy:  y[:] = x @ w + b        (np.maximum(x @ w + b, 0) with relu_out)
     The bias and ReLU are an epilogue on each row block while it is in cache.
     """
-    gemm_rows(x, w, wt, y)
+    gemm_rows(x, w, wt, y, nn)
     has_bias = b.shape[0] > 0
     if has_bias or relu_out:
         for n in range(y.shape[0]):
@@ -51,11 +60,11 @@ def forward_rows(x, w, wt, b, relu_out, y):
 
 
 @njit(**PJIT)
-def forward(x, w, wt, b, relu_out, y):
+def forward(x, w, wt, b, relu_out, nn, y):
     """Parallel forward_rows. Parallel over blocks of MB rows of y: each prange
     iteration owns its rows of y and writes nothing else, so it is race-free."""
     N = x.shape[0]
     for t in prange((N + MB - 1) // MB):
         n0 = t * MB
         n1 = min(N, n0 + MB)
-        forward_rows(x[n0:n1], w, wt, b, relu_out, y[n0:n1])
+        forward_rows(x[n0:n1], w, wt, b, relu_out, nn, y[n0:n1])

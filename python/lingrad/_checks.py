@@ -3,6 +3,8 @@
 Everything here raises TypeError (wrong kind or dtype) or ValueError (wrong
 shape, bad ``out=``) before any kernel runs, so a failed call writes nothing.
 """
+import math
+
 import numpy as np
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -62,7 +64,7 @@ def rows(a, cols):
 def n_rows(shape):
     """Rows of the flattened batch: the product of all but the last axis (explicit, so
     that a zero-length last axis still reshapes)."""
-    return int(np.prod(shape[:-1], dtype=np.int64))
+    return math.prod(shape[:-1])
 
 
 class Out:

@@ -48,6 +48,14 @@ def _call(parallel, serial, work, *args):
 
 
 
+def _operands(w, as_is):
+    """(w, w.T) made C-contiguous, each only if the chosen form reads it: as_is
+    means the kernel reads w (I, O) itself; otherwise it reads w.T (O, I). The
+    other is an empty placeholder."""
+    empty = np.empty((0, 0), w.dtype)
+    return (np.ascontiguousarray(w), empty) if as_is else (empty, np.ascontiguousarray(w.T))
+
+
 def linear(x, w, b=None, *, relu=False, out=None):
     """y = x @ w + b (then max(y, 0) if relu).
 
@@ -65,9 +73,11 @@ def linear(x, w, b=None, *, relu=False, out=None):
         check_dim(b, "b", 0, O, "w.shape[1]")
     y = Out(out, x.shape[:-1] + (O,), x.dtype, "y", {"x": x, "w": w, "b": b})
     x2 = rows(x, I)
-    wc, wt = np.ascontiguousarray(w), np.ascontiguousarray(w.T)
+    N = x2.shape[0]
+    nn = K.use_nn(I, O) or N <= K.SMALL_N  # the NN form reads w as it is: no copy for small N
+    wc, wt = _operands(w, nn)
     bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
-    _call(K.forward, K.forward_rows, x2.shape[0] * I * O, x2, wc, wt, bias, bool(relu), y.buf)
+    _call(K.forward, K.forward_rows, N * I * O, x2, wc, wt, bias, bool(relu), nn, y.buf)
     return y.done()
 
 
@@ -153,18 +163,22 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
     masked = relu_out is not None
     N = d2.shape[0]
     if need_dx:
-        wc, wt = np.ascontiguousarray(w), np.ascontiguousarray(w.T)
-        _call(K.input_grad, K.input_grad_rows, N * I * O, d2, wc, wt, y2, masked, dx.buf)
+        nn = K.use_nn(O, I) and N > K.SMALL_N  # the NT form reads w as it is: no copy for small N
+        wc, wt = _operands(w, not nn)
+        _call(K.input_grad, K.input_grad_rows, N * I * O, d2, wc, wt, y2, masked, nn, dx.buf)
     if need_dw or need_db:
         x2 = rows(x, I) if need_dw else d2
         dwb = dw.buf if need_dw else np.empty((0, 0), dtype)
         dbb = db.buf if need_db else np.empty(0, dtype)
-        work = N * (x2.shape[1] * O if need_dw else O)
-        # per-thread float64 partials: one chunk of the batch per thread, each at least NB rows
-        T = max(1, min(numba.get_num_threads(), N // K.NB)) if work >= K.SERIAL_WORK else 1
-        dw_acc = np.zeros((T, x2.shape[1] * O if need_dw else 0))
-        db_acc = np.zeros((T, O if need_db else 0))
-        _call(K.weight_bias_grad, K.weight_bias_grad_serial, work, x2, d2, y2, masked,
-              need_dw, need_db, bool(accumulate), dw_acc, db_acc, dwb, dbb)
+        if N <= K.NB:  # one block: straight into the outputs, no partials, no threads
+            K.weight_bias_direct(x2, d2, y2, masked, need_dw, need_db, bool(accumulate), dwb, dbb)
+        else:
+            work = N * (x2.shape[1] * O if need_dw else O)
+            # per-thread float64 partials: one chunk of the batch per thread, each at least NB rows
+            T = max(1, min(numba.get_num_threads(), N // K.NB)) if work >= K.SERIAL_WORK else 1
+            dw_acc = np.zeros((T, x2.shape[1] * O if need_dw else 0))
+            db_acc = np.zeros((T, O if need_db else 0))
+            _call(K.weight_bias_grad, K.weight_bias_grad_serial, work, x2, d2, y2, masked,
+                  need_dw, need_db, bool(accumulate), dw_acc, db_acc, dwb, dbb)
     return LinearGrads(dx.done() if need_dx else None, dw.done() if need_dw else None,
                        db.done() if need_db else None)
