@@ -28,7 +28,7 @@ SHAPES = {  # name: (N, I, O)
     "square": (2048, 2048, 2048),
 }
 DEFAULT = ["lesson-1", "lesson-2", "mlp", "head", "batch-1", "batch-64"]
-OPS = ["forward", "dx", "dw", "db", "dw+db", "step"]
+OPS = ["forward", "relu", "dx", "dw", "db", "dw+db", "step"]
 
 
 def ops(x, w, b, dy, y, torch=None):
@@ -38,6 +38,8 @@ def ops(x, w, b, dy, y, torch=None):
     it = x.itemsize
     f = {
         "forward": (lambda: lingrad.linear(x, w, b), lambda: x @ w + b, 2 * N * I * O, (N * I + N * O) * it),
+        "relu": (lambda: lingrad.linear(x, w, b, relu=True), lambda: np.maximum(x @ w + b, 0),
+                 2 * N * I * O, (N * I + N * O) * it),
         "dx": (lambda: lingrad.input_grad(dy, w), lambda: dy @ w.T, 2 * N * I * O, (N * I + N * O) * it),
         "dw": (lambda: lingrad.weight_grad(x, dy), lambda: x.T @ dy, 2 * N * I * O, (N * I + N * O) * it),
         "db": (lambda: lingrad.bias_grad(dy), lambda: dy.sum(0), N * O, N * O * it),
@@ -52,7 +54,8 @@ def ops(x, w, b, dy, y, torch=None):
         X, W, B, DY = (torch.from_numpy(a) for a in (x, w, b, dy))
         F = torch.nn.functional
         WT = W.T.contiguous()
-        t = {"forward": lambda: F.linear(X, WT, B), "dx": lambda: DY @ W.T, "dw": lambda: X.T @ DY,
+        t = {"forward": lambda: F.linear(X, WT, B), "relu": lambda: torch.relu(F.linear(X, WT, B)),
+             "dx": lambda: DY @ W.T, "dw": lambda: X.T @ DY,
              "db": lambda: DY.sum(0), "dw+db": lambda: (X.T @ DY, DY.sum(0)),
              "step": lambda: (F.linear(X, WT, B), DY @ W.T, X.T @ DY, DY.sum(0))}
     return {k: (v[0], v[1], t.get(k), v[2], v[3]) for k, v in f.items()}
