@@ -2,8 +2,8 @@
 
 Kernels import JIT / PJIT from here and never spell ``fastmath=`` themselves.
 Block sizes are true constants (Numba freezes globals at compile time), so
-changing one here and clearing the cache (``__pycache__/*.nbi``) recompiles
-every kernel consistently.
+changing one here and clearing the cache (``kernels/__pycache__/*.nb[ic]``)
+recompiles every kernel consistently.
 """
 
 # fastmath without "nnan" and "ninf": NaN and Inf propagate exactly as in numpy.
@@ -13,8 +13,10 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 PJIT = dict(JIT, parallel=True)
 
-# Register tile of the "NT" dot micro-kernel (tile.py): MR rows of the output
-# times NR columns held in MR*NR scalar accumulators across the k loop.
+# Register tile of the "NT" dot micro-kernel (tile.dot_tile): MR rows of the
+# output times NR columns held in MR*NR scalar accumulators across the k loop.
+# The kernel is written out for 4 x 4 (and nn_tile for 2 rows x 4 k): these
+# name its shape for readers and tests; changing them alone changes nothing.
 MR = 4
 NR = 4
 

@@ -1,7 +1,9 @@
 """Serial micro-kernels: the innermost loops, each with a written contract.
 
-All arrays are C-contiguous (the API guarantees it) and of one float dtype,
-except the accumulators named ``acc``, which may be float64 for float32 data.
+Arrays are of one float dtype, except the accumulators named ``acc``, which
+are float64 for float32 data. Rows read along their contiguous axis are
+C-contiguous (the API guarantees it); nn_tile's ``a`` is read one scalar at a
+time and may be a transposed view.
 Nothing here is parallel; the drivers in forward.py and backward.py split the
 work and hand each thread its own rows or its own partial buffers.
 """
@@ -151,7 +153,9 @@ def nn_tile(a, b, c, p0, p1, k0, k1, accumulate):
     rows m and columns p0 <= p < p1.   numpy: c[:, p0:p1] (+)= a[:, k0:k1] @ b[k0:k1, p0:p1]
     Rows of c are built two at a time from broadcast scalars of a times rows of
     b (see nn_rows), so no horizontal reductions are needed: the form for a
-    short summed axis. An odd last row is paired with a scratch row. With accumulate False, c is overwritten. Serial.
+    short summed axis, and for dw where a is a transposed view of the batch.
+    An odd last row is paired with a scratch row. With accumulate False, c is
+    overwritten (zeroed pair by pair, then accumulated). Serial.
     """
     M = c.shape[0]
     for m in range(0, M, 2):
