@@ -4,17 +4,27 @@ No validation and no allocation policy live here: the API in ``lingrad`` checks
 shapes and dtypes once, makes every array C-contiguous, allocates outputs and
 calls these. Each driver comes in a serial ``*_rows`` form (used for tiny work,
 where starting threads costs more than the work) and a parallel form.
+
+    tile.py      micro-kernels: dot_tile (NT, 4x4 register tile), nn_tile (NN, 2 rows x 4 k), colsum_acc
+    forward.py   gemm_rows (cache blocking, form choice), forward_rows / forward
+    backward.py  input_grad_rows / input_grad, weight_bias_* (fused dw and db, per-thread partials)
+    config.py    JIT flags and block sizes
+    ladder.py    the study path's optimisation ladder (docs/ladder.md)
 """
-from .backward import (dw_transposed, finish, finish_dw_row, input_grad, input_grad_rows, masked_rows, weight_bias_chunk,
-                       weight_bias_direct, weight_bias_grad, weight_bias_grad_serial, weight_bias_rows)
-from .config import JIT, KC, MB, MR, NB, NC, NR, PJIT, SERIAL_WORK, SMALL_N, NN_K, NN_P
-from .forward import forward, forward_rows, gemm_rows, use_nn
+from .backward import (dw_transposed, finish, finish_dw_row, input_grad, input_grad_rows,
+                       masked_rows, weight_bias_chunk, weight_bias_direct, weight_bias_grad,
+                       weight_bias_grad_serial, weight_bias_rows)
+from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NN_P, NR, PJIT, SERIAL_WORK, SMALL_N,
+                     TASKS)
+from .forward import forward, forward_rows, gemm_rows, task_rows, use_nn
 from .tile import colsum_acc, dot, dot_tile, nn_rows, nn_tile
 
 __all__ = [
     "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "NN_P", "SERIAL_WORK", "SMALL_N",
+    "TASKS",
     "dot", "dot_tile", "nn_rows", "nn_tile", "colsum_acc",
-    "use_nn", "gemm_rows", "forward_rows", "forward",
-    "masked_rows", "input_grad_rows", "input_grad", "weight_bias_rows", "finish", "finish_dw_row", "dw_transposed", "weight_bias_chunk",
+    "use_nn", "task_rows", "gemm_rows", "forward_rows", "forward",
+    "masked_rows", "input_grad_rows", "input_grad",
+    "weight_bias_rows", "weight_bias_chunk", "finish", "finish_dw_row", "dw_transposed",
     "weight_bias_grad", "weight_bias_grad_serial", "weight_bias_direct",
 ]

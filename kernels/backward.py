@@ -7,8 +7,8 @@ at a time, so no temporary of dy's size is ever made.
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .config import JIT, MB, NB, NN_P, PJIT
-from .forward import gemm_rows
+from .config import JIT, NB, NN_P, PJIT
+from .forward import gemm_rows, task_rows
 from .tile import colsum_acc, nn_tile
 
 
@@ -41,12 +41,13 @@ def input_grad_rows(dy, w, wt, y, masked, nn, dx):
 
 @njit(**PJIT)
 def input_grad(dy, w, wt, y, masked, nn, dx):
-    """Parallel input_grad_rows. Parallel over blocks of MB rows of dx (an output
+    """Parallel input_grad_rows. Parallel over blocks of task_rows(N) rows of dx (an output
     axis): each prange iteration owns its rows of dx, so it is race-free."""
     N = dy.shape[0]
-    for t in prange((N + MB - 1) // MB):
-        n0 = t * MB
-        n1 = min(N, n0 + MB)
+    mb = task_rows(N)
+    for t in prange((N + mb - 1) // mb):
+        n0 = t * mb
+        n1 = min(N, n0 + mb)
         input_grad_rows(dy[n0:n1], w, wt, y[n0:n1], masked, nn, dx[n0:n1])
 
 

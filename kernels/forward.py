@@ -1,7 +1,7 @@
 """Forward pass y = x @ w + b (optional ReLU), and the shared row-block GEMM driver."""
 from numba import njit, prange
 
-from .config import JIT, KC, MB, NC, NN_K, PJIT
+from .config import JIT, KC, MB, NC, NN_K, PJIT, TASKS
 from .tile import dot_tile, nn_tile
 
 
@@ -11,6 +11,13 @@ def use_nn(K, P):
     a short summed axis (K < NN_K), where the NT form's per-output horizontal
     reductions dominate, and a c wide enough to vectorise along (P >= 16)."""
     return K < NN_K and P >= 16
+
+
+@njit(**JIT)
+def task_rows(N):
+    """Rows of the output per parallel task: MB, or fewer (not under 8) so that
+    a batch of N rows still makes TASKS tasks."""
+    return min(MB, max(8, (N + TASKS - 1) // TASKS))
 
 
 @njit(**JIT)
@@ -61,10 +68,11 @@ def forward_rows(x, w, wt, b, relu_out, nn, y):
 
 @njit(**PJIT)
 def forward(x, w, wt, b, relu_out, nn, y):
-    """Parallel forward_rows. Parallel over blocks of MB rows of y: each prange
+    """Parallel forward_rows. Parallel over blocks of task_rows(N) rows of y: each prange
     iteration owns its rows of y and writes nothing else, so it is race-free."""
     N = x.shape[0]
-    for t in prange((N + MB - 1) // MB):
-        n0 = t * MB
-        n1 = min(N, n0 + MB)
+    mb = task_rows(N)
+    for t in prange((N + mb - 1) // mb):
+        n0 = t * mb
+        n1 = min(N, n0 + mb)
         forward_rows(x[n0:n1], w, wt, b, relu_out, nn, y[n0:n1])
