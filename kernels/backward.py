@@ -7,18 +7,17 @@ at a time, so no temporary of dy's size is ever made.
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from .config import JIT, NB, NN_P, PJIT
+from .config import JIT, NB, PANEL, PJIT
 from .forward import gemm_rows, task_rows
 from .tile import colsum_acc, nn_tile
 
 
 @njit(**JIT)
-def masked_rows(dy, y):
-    """where(y > 0, dy, 0) for one block of rows (a fresh array of the block's size).
+def masked_rows(dy, y, d):
+    """d[:] = where(y > 0, dy, 0) for one block of rows; returns d (same shape as dy).
 
     As PyTorch's ReLU backward: an Inf or NaN in dy where the unit was off gives 0.
     """
-    d = np.empty_like(dy)
     for n in range(dy.shape[0]):
         for j in range(dy.shape[1]):
             d[n, j] = dy[n, j] if y[n, j] > 0 else 0.0
@@ -35,7 +34,7 @@ def input_grad_rows(dy, w, wt, y, masked, nn, dx):
     nn picks the form (gemm_rows): the NT form reads dy and w along j, their
     contiguous axis; the NN form builds rows of dx from rows of wt.
     """
-    d = masked_rows(dy, y) if masked else dy
+    d = masked_rows(dy, y, np.empty_like(dy)) if masked else dy
     gemm_rows(d, wt, w, dx, nn)
 
 
@@ -77,35 +76,44 @@ def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
     Why .sum(0): b[j] was added to every row n, so every row sends gradient to b[j].
 
     The batch is walked in blocks of NB rows; each block's (masked) dy feeds db
-    and dw while it is in cache (one pass over dy). For dw the NN micro-kernel
-    builds the block's dw.T = d.T @ x (or dw = x.T @ d when I is the shorter
-    axis), reading the batch rows of x (or d) as they lie in memory, so nothing
-    is packed; the longer of I and O is the vectorised axis, cut into NN_P
-    columns that stay in L2 across the block. The block's result is formed in
-    the data's dtype and added to the float64 accumulator once per block.
+    and dw while it is in cache. For dw the NN micro-kernel builds the block's
+    dw.T = d.T @ x (or dw = x.T @ d when I is the shorter axis), reading the
+    batch rows of x (or d) as they lie in memory, so nothing is packed; the
+    longer of I and O is the vectorised axis. The block's result is formed in
+    the data's dtype and added to the float64 accumulator once per block. For
+    a wide output, the rows of dw (or dw.T) are taken in panels of about PANEL
+    values, each walking the whole batch, so that the panel's block and
+    accumulator stay in L2 while they are merged (at the cost of reading the
+    batch once per panel). With ReLU, d is one block of scratch, masked again
+    for each panel.
     """
     N, I = x.shape
     O = dy.shape[1]
     tr = dw_transposed(I, O)
     R, P = (O, I) if tr else (I, O)
-    block = np.empty((R if want_dw else 0, P), x.dtype)
-    acc = dw_acc.reshape((R if want_dw else 0, P))
-    for n0 in range(0, N, NB):
-        n1 = min(N, n0 + NB)
-        d = masked_rows(dy[n0:n1], y[n0:n1]) if masked else dy[n0:n1]
-        if want_db:
-            colsum_acc(d, db_acc)
-        if not want_dw:
-            continue
-        for p0 in range(0, P, NN_P):
-            p1 = min(P, p0 + NN_P)
+    if not want_dw:
+        R = 0
+    rp = max(2, min(R, PANEL // max(P, 1)))  # rows of the output per panel
+    acc = dw_acc.reshape((R, P))
+    block = np.empty((min(rp, R), P), x.dtype)
+    scratch = np.empty((NB if masked else 0, O), dy.dtype)
+    for r0 in range(0, max(R, 1), rp):  # one pass even when no dw is wanted, for db
+        r1 = min(R, r0 + rp)
+        for n0 in range(0, N, NB):
+            n1 = min(N, n0 + NB)
+            d = masked_rows(dy[n0:n1], y[n0:n1], scratch[:n1 - n0]) if masked else dy[n0:n1]
+            if want_db and r0 == 0:
+                colsum_acc(d, db_acc)
+            if r1 <= r0:
+                continue
+            part = block[:r1 - r0]
             if tr:
-                nn_tile(d.T, x[n0:n1], block, p0, p1, 0, n1 - n0, False)
+                nn_tile(d.T[r0:r1], x[n0:n1], part, 0, P, 0, n1 - n0, False)
             else:
-                nn_tile(x[n0:n1].T, d, block, p0, p1, 0, n1 - n0, False)
-        for r in range(R):
-            for p in range(P):
-                acc[r, p] += block[r, p]
+                nn_tile(x[n0:n1].T[r0:r1], d, part, 0, P, 0, n1 - n0, False)
+            for r in range(r1 - r0):
+                for p in range(P):
+                    acc[r0 + r, p] += part[r, p]
 
 
 @njit(**JIT)
@@ -176,7 +184,7 @@ def weight_bias_direct(x, dy, y, masked, want_dw, want_db, accumulate, dw, db):
     the NN micro-kernel from rows of d, in the data's dtype (a sum of at most
     NB terms); db is summed in float64 and rounded once. Serial.
     """
-    d = masked_rows(dy, y) if masked else dy
+    d = masked_rows(dy, y, np.empty_like(dy)) if masked else dy
     if want_dw:
         nn_tile(x.T, d, dw, 0, dw.shape[1], 0, x.shape[0], accumulate)
     if want_db:

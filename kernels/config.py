@@ -47,6 +47,8 @@ SERIAL_WORK = 1 << 16
 # 4 k per pass) instead of the "NT" dot form, whose per-output horizontal
 # reductions dominate when k is short.
 NN_K = 128
-# Columns of the output per NN block of the weight gradient (dw.T rows). Measured:
-# long rows beat L2-sized slices (256 columns ran 25% slower on 784 -> 50).
-NN_P = 4096
+# Values of dw per L2 panel in the weight gradient: the panel's block (data
+# dtype) and float64 accumulator, 768 KiB for float32, stay in L2 while each
+# batch block is merged in. Panels are whole rows of dw (or dw.T): 256-column
+# slices ran 25% slower on 784 -> 50 than full rows.
+PANEL = 65536
