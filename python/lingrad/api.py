@@ -2,9 +2,11 @@
 
 Layout: the kernels read C-contiguous arrays. C-order inputs are used as they
 are (the fast path); any other layout (Fortran order, strided views) is copied
-once to C order. ``w`` is small (I*O) and is also used transposed, so both
-``w`` and ``w.T`` are made contiguous: a PyTorch-layout weight passed as
-``W.T`` costs nothing for the forward pass and one I*O copy for ``dx``.
+once to C order. ``w`` is small (I*O): each call picks the micro-kernel form
+(``kernels.use_nn``) and makes contiguous whichever of ``w`` and ``w.T`` that
+form reads, so a C-order ``w`` costs an I*O transposed copy only for the NT
+forward and the NN dx (skipped for batches up to SMALL_N rows), and a
+PyTorch-layout weight passed as ``W.T`` the other way round.
 """
 import os
 import threading
@@ -45,7 +47,6 @@ def _call(parallel, serial, work, *args):
         return parallel(*args)
     with _workqueue_lock:
         return parallel(*args)
-
 
 
 def _operands(w, as_is):
