@@ -58,12 +58,14 @@ def forward_rows(x, w, wt, b, relu_out, nn, y):
     The bias and ReLU are an epilogue on each row block while it is in cache.
     """
     gemm_rows(x, w, wt, y, nn)
-    has_bias = b.shape[0] > 0
-    if has_bias or relu_out:
+    if b.shape[0] > 0:  # one loop per case, so each is a plain vectorisable loop
         for n in range(y.shape[0]):
             for j in range(y.shape[1]):
-                v = y[n, j] + b[j] if has_bias else y[n, j]
-                y[n, j] = relu(v) if relu_out else v
+                y[n, j] += b[j]
+    if relu_out:
+        for n in range(y.shape[0]):
+            for j in range(y.shape[1]):
+                y[n, j] = relu(y[n, j])
 
 
 @njit(**PJIT)

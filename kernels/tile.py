@@ -104,12 +104,14 @@ def dot_tile(a, bt, c, p0, p1, k0, k1, accumulate):
             put(c, m + 3, p + 1, c31, accumulate)
             put(c, m + 3, p + 2, c32, accumulate)
             put(c, m + 3, p + 3, c33, accumulate)
-        for m_ in range(m, m + 4):
-            for p in range(pb, p1):
-                put(c, m_, p, dot(a[m_, k0:k1], bt[p, k0:k1]), accumulate)
-    for m in range(mb, M):
-        for p in range(p0, p1):
-            put(c, m, p, dot(a[m, k0:k1], bt[p, k0:k1]), accumulate)
+        for p in range(pb, p1):
+            bp = bt[p, k0:k1]
+            for m_ in range(m, m + 4):
+                put(c, m_, p, dot(a[m_, k0:k1], bp), accumulate)
+    for p in range(p0, p1):
+        bp = bt[p, k0:k1]
+        for m in range(mb, M):
+            put(c, m, p, dot(a[m, k0:k1], bp), accumulate)
 
 
 @njit(**JIT)
