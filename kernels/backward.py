@@ -5,7 +5,7 @@ every kernel here can apply that mask on the fly ("masked"), one block of rows
 at a time, so no temporary of dy's size is ever made.
 """
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 from .config import JIT, NB, PANEL, PJIT
 from .forward import gemm_rows, task_rows
@@ -133,12 +133,11 @@ def finish(acc, out, accumulate):
 @njit(**JIT)
 def weight_bias_chunk(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc, t):
     """Chunk t of T = dw_acc.shape[0] equal slices of the batch, into partials t only."""
-    N, I = x.shape
+    N = x.shape[0]
     T = dw_acc.shape[0]
     n0 = t * N // T
     n1 = (t + 1) * N // T
-    weight_bias_rows(x[n0:n1], dy[n0:n1], y[n0:n1], masked, want_dw, want_db,
-                     dw_acc[t].reshape((I, dw_acc.shape[1] // max(I, 1))), db_acc[t])
+    weight_bias_rows(x[n0:n1], dy[n0:n1], y[n0:n1], masked, want_dw, want_db, dw_acc[t], db_acc[t])
 
 
 @njit(**PJIT)

@@ -31,7 +31,7 @@ DEFAULT = ["lesson-1", "lesson-2", "mlp", "head", "batch-1", "batch-64"]
 OPS = ["forward", "relu", "dx", "dw", "db", "dw+db", "step"]
 
 
-def ops(x, w, b, dy, y, torch=None):
+def ops(x, w, b, dy, torch=None):
     """op name -> (lingrad fn, numpy fn, torch fn or None, flops, bytes moved)."""
     N, I = x.shape
     O = w.shape[1]
@@ -92,7 +92,7 @@ def run(shapes, dtypes, thread_counts, op_names, repeats, use_torch, progress=Tr
         r = np.random.default_rng(0)
         x, w, b, dy = (r.standard_normal(s).astype(dtype) for s in [(N, I), (I, O), (O,), (N, O)])
         with lingrad.num_threads(threads), blas_threads(threads):
-            for op, (fl, fn, ft, flops, nbytes) in ops(x, w, b, dy, None, torch).items():
+            for op, (fl, fn, ft, flops, nbytes) in ops(x, w, b, dy, torch).items():
                 if op not in op_names:
                     continue
                 fns = [fl, fn] + ([ft] if ft else [])
