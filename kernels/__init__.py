@@ -5,7 +5,8 @@ shapes and dtypes once, makes every array C-contiguous, allocates outputs and
 calls these. Each driver comes in a serial ``*_rows`` form (used for tiny work,
 where starting threads costs more than the work) and a parallel form.
 
-    tile.py      micro-kernels: dot_tile (NT, 4x4 register tile), nn_tile (NN, 2 rows x 4 k), colsum_acc
+    tile.py      micro-kernels: dot_tile (NT, 4x4 register tile), dot_strips (NT, 4x1, narrow c),
+                 nn_tile (NN, 2 rows x 4 k), nn_short (NN, summed axis < 4), colsum_acc
     forward.py   gemm_rows (cache blocking, form choice), forward_rows / forward
     backward.py  input_grad_rows / input_grad, weight_bias_* (fused dw and db, per-thread partials)
     config.py    JIT flags and block sizes
@@ -17,12 +18,12 @@ from .backward import (dw_transposed, finish, finish_dw_row, input_grad, input_g
 from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SMALL_N,
                      TASKS)
 from .forward import forward, forward_rows, gemm_rows, task_rows, use_nn
-from .tile import colsum_acc, dot, dot_tile, nn_rows, nn_tile
+from .tile import colsum_acc, dot, dot_strips, dot_tile, nn_rows, nn_short, nn_tile
 
 __all__ = [
     "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SMALL_N",
     "TASKS",
-    "dot", "dot_tile", "nn_rows", "nn_tile", "colsum_acc",
+    "dot", "dot_tile", "dot_strips", "nn_rows", "nn_tile", "nn_short", "colsum_acc",
     "use_nn", "task_rows", "gemm_rows", "forward_rows", "forward",
     "masked_rows", "input_grad_rows", "input_grad",
     "weight_bias_rows", "weight_bias_chunk", "finish", "finish_dw_row", "dw_transposed",

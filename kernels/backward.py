@@ -89,6 +89,9 @@ def weight_bias_rows(x, dy, y, masked, want_dw, want_db, dw_acc, db_acc):
     """
     N, I = x.shape
     O = dy.shape[1]
+    if not (want_dw or masked):  # db alone: one pass, no blocks
+        colsum_acc(dy, db_acc)
+        return
     tr = dw_transposed(I, O)
     R, P = (O, I) if tr else (I, O)
     if not want_dw:

@@ -1,8 +1,8 @@
 """Forward pass y = x @ w + b (optional ReLU), and the shared row-block GEMM driver."""
 from numba import njit, prange
 
-from .config import JIT, KC, MB, NC, NN_K, PJIT, TASKS
-from .tile import dot_tile, nn_tile
+from .config import JIT, KC, MB, NC, NN_K, NR, PJIT, TASKS
+from .tile import dot_strips, dot_tile, nn_tile
 
 
 @njit(**JIT)
@@ -27,13 +27,18 @@ def gemm_rows(a, b, bt, c, nn):
     numpy: c[:] = a @ b. With nn, the NN micro-kernel reads b (bt is not used
     and may be empty); otherwise the NT dot micro-kernel reads bt (b may be
     empty), on cache blocks of MB rows by NC columns of c by KC values of k,
-    so that block of bt stays in L2 while the block's rows of a pass over it.
-    The caller picks the form once per call (see use_nn). Serial.
+    so that block of bt stays in L2 while the block's rows of a pass over it;
+    a c narrower than the tile (P < NR) with a short summed axis (K < NN_K)
+    goes to dot_strips instead. The caller picks the form once per call (see
+    use_nn). Serial.
     """
     M, K = a.shape
     P = c.shape[1]
     if nn:
         nn_tile(a, b, c, 0, P, 0, K, False)
+        return
+    if P < NR and K < NN_K:  # a narrow c with short rows: 4 x 1 strips
+        dot_strips(a, bt, c)
         return
     for m0 in range(0, M, MB):
         m1 = min(M, m0 + MB)

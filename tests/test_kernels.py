@@ -9,11 +9,13 @@ from lingrad import reference as ref
 # (N, I, O): zero and one sizes, odd sizes, sizes one off the 4x4 tile, I or O at
 # the 16-column switch to the NN kernel, N past NB=64 and 4*NB (several batch
 # blocks and chunks), I past KC=2048 (forward k-blocking), O past KC (dx
-# k-blocking), I*O past PANEL (dw in panels of an odd number of rows).
+# k-blocking), I*O past PANEL (dw in panels of an odd number of rows), O < 4 with
+# short rows (dot_strips, rows not a multiple of 4), and a summed axis of 1 or 2
+# (nn_short: O = 1 or 2 for dx, N = 1 or 2 for dw).
 SHAPES = [
     (0, 3, 4), (5, 0, 3), (5, 3, 0), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),
     (33, 65, 3), (257, 33, 37), (600, 33, 37), (600, 50, 1), (300, 1, 40),
-    (70, 2050, 9), (70, 5, 2050), (64, 64, 64), (130, 400, 300),
+    (70, 2050, 9), (70, 5, 2050), (64, 64, 64), (130, 400, 300), (45, 20, 2), (2, 30, 20),
 ]
 LAYOUTS = ["C", "F", "strided", "reversed"]
 
