@@ -15,13 +15,14 @@ where starting threads costs more than the work) and a parallel form.
 from .backward import (dw_transposed, finish, finish_dw_row, input_grad, input_grad_rows,
                        masked_rows, weight_bias_chunk, weight_bias_direct, weight_bias_grad,
                        weight_bias_grad_serial, weight_bias_rows)
-from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SMALL_N,
-                     TASKS)
+from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SHORT_K,
+                     SMALL_N, TASKS)
 from .forward import forward, forward_rows, gemm_rows, task_rows, use_nn
 from .tile import colsum_acc, dot, dot_strips, dot_tile, nn_rows, nn_short, nn_tile
 
 __all__ = [
-    "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SMALL_N",
+    "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SHORT_K",
+    "SMALL_N",
     "TASKS",
     "dot", "dot_tile", "dot_strips", "nn_rows", "nn_tile", "nn_short", "colsum_acc",
     "use_nn", "task_rows", "gemm_rows", "forward_rows", "forward",

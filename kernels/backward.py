@@ -7,7 +7,7 @@ at a time, so no temporary of dy's size is ever made.
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, NB, PANEL, PJIT
+from .config import JIT, NB, PANEL, PJIT, SHORT_K
 from .forward import gemm_rows, task_rows
 from .tile import colsum_acc, nn_tile
 
@@ -185,10 +185,27 @@ def weight_bias_direct(x, dy, y, masked, want_dw, want_db, accumulate, dw, db):
     The small-batch form: no per-thread partials and no merge. dw is built by
     the NN micro-kernel from rows of d, in the data's dtype (a sum of at most
     NB terms); db is summed in float64 and rounded once. Serial.
+    When O < I, dw.T is built first (rows of I values: the NN kernel's
+    vectorised axis is the longer one) and transposed in: measured on a
+    batch of 64, 784 -> 50, 2.1x float32 and 1.2x float64 against building
+    dw's 50-value rows. A batch shorter than SHORT_K is a rank-1 or rank-2
+    update, cheaper than the transpose, so it writes dw directly.
     """
+    N, I = x.shape
+    O = dy.shape[1]
     d = masked_rows(dy, y, np.empty_like(dy)) if masked else dy
-    if want_dw:
-        nn_tile(x.T, d, dw, 0, dw.shape[1], 0, x.shape[0], accumulate)
+    if want_dw and dw_transposed(I, O) and N >= SHORT_K:
+        dwt = np.empty((O, I), dw.dtype)
+        nn_tile(d.T, x, dwt, 0, I, 0, N, False)
+        for i in range(I):
+            if accumulate:
+                for j in range(O):
+                    dw[i, j] += dwt[j, i]
+            else:
+                for j in range(O):
+                    dw[i, j] = dwt[j, i]
+    elif want_dw:
+        nn_tile(x.T, d, dw, 0, O, 0, N, accumulate)
     if want_db:
         acc = np.zeros((1, db.shape[0]))
         colsum_acc(d, acc[0])

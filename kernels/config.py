@@ -51,6 +51,10 @@ SERIAL_WORK = 1 << 16
 # 4 k per pass) instead of the "NT" dot form, whose per-output horizontal
 # reductions dominate when k is short.
 NN_K = 128
+# A summed axis shorter than SHORT_K (a rank-1 or rank-2 update) goes to
+# tile.nn_short, one row of the output at a time, first term stored: measured
+# 2.5x nn_tile for 1 term, 1.6x for 2, 0.9x for 3.
+SHORT_K = 3
 # Values of dw per L2 panel in the weight gradient: the panel's block (data
 # dtype) and float64 accumulator, 768 KiB for float32, stay in L2 while each
 # batch block is merged in. Panels are whole rows of dw (or dw.T): 256-column

@@ -10,7 +10,7 @@ work and hand each thread its own rows or its own partial buffers.
 import numpy as np
 from numba import njit
 
-from .config import JIT
+from .config import JIT, SHORT_K
 
 
 @njit(**JIT)
@@ -183,13 +183,13 @@ def nn_rows(a0, a1, b, c0, c1, p0, k0, k1):
 
 @njit(**JIT)
 def nn_short(a, b, c, p0, p1, k0, k1, accumulate):
-    """nn_tile for a summed axis of 1 or 2 (a rank-1 or rank-2 update, such as dx of a
-    layer with one output, or dw of a one-row batch). Serial.
+    """nn_tile for a summed axis shorter than SHORT_K (a rank-1 or rank-2 update, such
+    as dx of a layer with one output, or dw of a one-row batch). Serial.
 
     One row of c at a time: the first k is stored (added if accumulate), the
     rest added, so c is written in one pass per k and never zeroed first
     (measured against nn_tile: 2.5x on 50000 x 1 -> 50, 1.6x with a summed
-    axis of 2, 0.9x with 3, so 3 stays with nn_tile).
+    axis of 2, 0.9x with 3: config.SHORT_K).
     """
     for m in range(c.shape[0]):
         cm = c[m, p0:p1]
@@ -214,10 +214,10 @@ def nn_tile(a, b, c, p0, p1, k0, k1, accumulate):
     b (see nn_rows), so no horizontal reductions are needed: the form for a
     short summed axis, and for dw where a is a transposed view of the batch.
     An odd last row is paired with a scratch row. With accumulate False, c is
-    overwritten (zeroed pair by pair, then accumulated). A summed axis of 1 or 2
-    goes to nn_short. Serial.
+    overwritten (zeroed pair by pair, then accumulated). A summed axis shorter
+    than SHORT_K goes to nn_short. Serial.
     """
-    if 0 < k1 - k0 < 3:
+    if 0 < k1 - k0 < SHORT_K:
         nn_short(a, b, c, p0, p1, k0, k1, accumulate)
         return
     M = c.shape[0]
