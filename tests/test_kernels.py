@@ -11,11 +11,13 @@ from lingrad import reference as ref
 # blocks and chunks), I past KC=2048 (forward k-blocking), O past KC (dx
 # k-blocking), I*O past PANEL (dw in panels of an odd number of rows), O < 4 with
 # short rows (dot_strips, rows not a multiple of 4), and a summed axis of 1 or 2
-# (nn_short: O = 1 or 2 for dx, N = 1 or 2 for dw).
+# (nn_short: O = 1 or 2 for dx, N = 1 or 2 for dw), and a batch under NB with O < I
+# and enough work for threads (the small-batch dw through dw.T, in parallel).
 SHAPES = [
     (0, 3, 4), (5, 0, 3), (5, 3, 0), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),
     (33, 65, 3), (257, 33, 37), (600, 33, 37), (600, 50, 1), (300, 1, 40),
     (70, 2050, 9), (70, 5, 2050), (64, 64, 64), (130, 400, 300), (45, 20, 2), (2, 30, 20),
+    (40, 301, 19),
 ]
 LAYOUTS = ["C", "F", "strided", "reversed"]
 
@@ -137,18 +139,21 @@ def test_out_buffers(rng, threads, dtype, kind):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["C", "F"])
-def test_accumulate_matches_full_batch(rng, threads, dtype, kind):
-    """Micro-batches accumulated with accumulate=True give the full-batch gradient."""
-    N, I, O = 1000, 37, 21
+@pytest.mark.parametrize("I, O, step", [(37, 21, 300), (301, 19, 48)], ids=str)
+def test_accumulate_matches_full_batch(rng, threads, dtype, kind, I, O, step):
+    """Micro-batches accumulated with accumulate=True give the full-batch gradient
+    (micro-batches of 300 rows: per-thread partials; of 48: the direct small-batch
+    path, through dw.T and, at 2 threads, in parallel)."""
+    N = 1000
     x, w, _, dy = data(rng, N, I, O, dtype)
     dw = layout(np.zeros((I, O), dtype), kind)
     db = np.zeros(O, dtype)
-    for n0 in range(0, N, 300):
-        g = lingrad.linear_backward(x[n0:n0 + 300], w, dy[n0:n0 + 300], need_dx=False,
+    for n0 in range(0, N, step):
+        g = lingrad.linear_backward(x[n0:n0 + step], w, dy[n0:n0 + step], need_dx=False,
                                     out=(None, dw, db), accumulate=True)
         assert g.dx is None and g.dw is dw and g.db is db
     X, DY = f64(x, dy)
-    # each of the 4 micro-batch results is rounded once more when added
+    # each micro-batch result is rounded once more when added
     assert_close(dw, X.T @ DY, np.abs(X).T @ np.abs(DY), N + 8, dtype)
     assert_close(db, DY.sum(0), np.abs(DY).sum(0), N + 8, dtype)
     w2 = lingrad.weight_grad(x, dy, out=dw.copy(), accumulate=True)

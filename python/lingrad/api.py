@@ -8,6 +8,7 @@ form reads, so a C-order ``w`` costs an I*O transposed copy only for the NT
 forward and the NN dx (skipped for batches up to SMALL_N rows), and a
 PyTorch-layout weight passed as ``W.T`` the other way round.
 """
+import functools
 import os
 import threading
 from collections import namedtuple
@@ -171,8 +172,11 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
         x2 = rows(x, I) if need_dw else d2
         dwb = dw.buf if need_dw else np.empty((0, 0), dtype)
         dbb = db.buf if need_db else np.empty(0, dtype)
-        if N <= K.NB:  # one block: straight into the outputs, no partials, no threads
-            K.weight_bias_direct(x2, d2, y2, masked, need_dw, need_db, bool(accumulate), dwb, dbb)
+        if N <= K.NB:  # one block: straight into the outputs, no partials
+            work = N * x2.shape[1] * O if need_dw else 0
+            parallel = functools.partial(K.weight_bias_direct_parallel, tasks=numba.get_num_threads())
+            _call(parallel, K.weight_bias_direct, work, x2, d2, y2, masked, need_dw, need_db,
+                  bool(accumulate), dwb, dbb)
         else:
             work = N * (x2.shape[1] * O if need_dw else O)
             # per-thread float64 partials: one chunk of the batch per thread, each at least NB rows
