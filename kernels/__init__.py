@@ -7,7 +7,8 @@ where starting threads costs more than the work) and a parallel form.
 
     tile.py      micro-kernels: dot_tile (NT, 4x4 register tile), dot_strips (NT, 4x1, narrow c),
                  nn_tile (NN, 2 rows x 4 k), nn_short (NN, summed axis < 4), colsum_acc
-    forward.py   gemm_rows (cache blocking, form choice), forward_rows / forward
+    forward.py   gemm_rows (cache blocking, form choice), forward_rows / forward,
+                 transpose_rows / transpose (the copy of w.T some forms read)
     backward.py  input_grad_rows / input_grad, weight_bias_* (fused dw and db, per-thread partials)
     config.py    JIT flags and block sizes
     ladder.py    the study path's optimisation ladder (docs/ladder.md)
@@ -18,14 +19,17 @@ from .backward import (direct_transposed, dw_columns, dw_transposed, finish, fin
                        weight_bias_grad_serial, weight_bias_rows)
 from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SHORT_K,
                      SMALL_N, TASKS)
-from .forward import forward, forward_rows, gemm_rows, task_rows, use_nn
-from .tile import colsum_acc, dot, dot_strips, dot_tile, nn_rows, nn_short, nn_tile
+from .forward import (forward, forward_rows, gemm_rows, task_rows, transpose, transpose_rows,
+                      use_nn)
+from .tile import (colsum_acc, dot, dot_strips, dot_tile, nn_rows, nn_short, nn_tile,
+                   transpose_row)
 
 __all__ = [
     "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SHORT_K",
     "SMALL_N",
     "TASKS",
     "dot", "dot_tile", "dot_strips", "nn_rows", "nn_tile", "nn_short", "colsum_acc",
+    "transpose_row", "transpose_rows", "transpose",
     "use_nn", "task_rows", "gemm_rows", "forward_rows", "forward",
     "masked_rows", "input_grad_rows", "input_grad",
     "weight_bias_rows", "weight_bias_chunk", "finish", "finish_dw_row", "dw_transposed",

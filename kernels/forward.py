@@ -2,7 +2,7 @@
 from numba import njit, prange
 
 from .config import JIT, KC, MB, NC, NN_K, NR, PJIT, TASKS
-from .tile import dot_strips, dot_tile, nn_tile
+from .tile import dot_strips, dot_tile, nn_tile, transpose_row
 
 
 @njit(**JIT)
@@ -83,3 +83,24 @@ def forward(x, w, wt, b, relu_out, nn, y):
         n0 = t * mb
         n1 = min(N, n0 + mb)
         forward_rows(x[n0:n1], w, wt, b, relu_out, nn, y[n0:n1])
+
+
+
+@njit(**JIT)
+def transpose_rows(a, out):
+    """out[j, i] = a[i, j]   shapes: a (R, C) any layout, out (C, R)   numpy: out[:] = a.T
+
+    Serial, one row of out at a time (transpose_row).
+    """
+    for j in range(out.shape[0]):
+        transpose_row(a, out, j)
+
+
+@njit(**PJIT)
+def transpose(a, out):
+    """Parallel transpose_rows, for the transposed copy of w that some forms read.
+    Parallel over rows j of out (an output axis): each prange iteration writes only
+    out[j], so it is race-free (784 x 50 at 2 threads: 13 us against 24 us for
+    numpy's one-thread copy)."""
+    for j in prange(out.shape[0]):
+        transpose_row(a, out, j)

@@ -232,6 +232,18 @@ def nn_tile(a, b, c, p0, p1, k0, k1, accumulate):
 
 
 @njit(**JIT)
+def transpose_row(a, out, j):
+    """out[j, :] = a[:, j]   shapes: a (R, C) any layout, out (C, R)   numpy: out[j] = a[:, j]
+
+    Views, and an index from range(len): no negative-index wraparound, so the
+    strided reads stay plain loads. Serial.
+    """
+    col, row = a[:, j], out[j]
+    for i in range(row.shape[0]):
+        row[i] = col[i]
+
+
+@njit(**JIT)
 def colsum_acc(d, acc):
     """acc[j] += sum_n d[n, j]   shapes: d (N, O), acc (O,) float64   numpy: acc += d.sum(0)
 

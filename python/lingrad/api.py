@@ -50,12 +50,19 @@ def _call(parallel, serial, work, *args):
         return parallel(*args)
 
 
-def _operands(w, as_is):
+def _operands(w, as_is, work):
     """(w, w.T) made C-contiguous, each only if the chosen form reads it: as_is
     means the kernel reads w (I, O) itself; otherwise it reads w.T (O, I). The
-    other is an empty placeholder."""
+    other is an empty placeholder. A transposed copy runs on as many threads as
+    the kernel that will read it (work: that kernel's multiply-adds)."""
     empty = np.empty((0, 0), w.dtype)
-    return (np.ascontiguousarray(w), empty) if as_is else (empty, np.ascontiguousarray(w.T))
+    if as_is:
+        return np.ascontiguousarray(w), empty
+    if w.T.flags.c_contiguous:  # w in Fortran order (a PyTorch weight's .T): no copy
+        return empty, w.T
+    wt = np.empty(w.shape[::-1], w.dtype)
+    _call(K.transpose, K.transpose_rows, work, w, wt)
+    return empty, wt
 
 
 def linear(x, w, b=None, *, relu=False, out=None):
@@ -77,7 +84,7 @@ def linear(x, w, b=None, *, relu=False, out=None):
     x2 = rows(x, I)
     N = x2.shape[0]
     nn = K.use_nn(I, O) or N <= K.SMALL_N  # the NN form reads w as it is: no copy for small N
-    wc, wt = _operands(w, nn)
+    wc, wt = _operands(w, nn, N * I * O)
     bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
     _call(K.forward, K.forward_rows, N * I * O, x2, wc, wt, bias, bool(relu), nn, y.buf)
     return y.done()
@@ -166,7 +173,7 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
     N = d2.shape[0]
     if need_dx:
         nn = K.use_nn(O, I) and N > K.SMALL_N  # the NT form reads w as it is: no copy for small N
-        wc, wt = _operands(w, not nn)
+        wc, wt = _operands(w, not nn, N * I * O)
         _call(K.input_grad, K.input_grad_rows, N * I * O, d2, wc, wt, y2, masked, nn, dx.buf)
     if need_dw or need_db:
         x2 = rows(x, I) if need_dw else d2
