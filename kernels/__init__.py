@@ -18,18 +18,17 @@ from .backward import (direct_transposed, dw_columns, dw_transposed, finish, fin
                        weight_bias_direct, weight_bias_direct_parallel, weight_bias_grad,
                        weight_bias_grad_serial, weight_bias_rows)
 from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SHORT_K,
-                     SMALL_N, TASKS)
+                     SMALL_N, TASKS, TILE)
 from .forward import (forward, forward_rows, gemm_rows, task_rows, transpose, transpose_rows,
                       use_nn)
 from .tile import (colsum_acc, dot, dot_strips, dot_tile, nn_rows, nn_short, nn_tile,
-                   transpose_row)
+                   transpose_block)
 
 __all__ = [
     "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SHORT_K",
-    "SMALL_N",
-    "TASKS",
+    "SMALL_N", "TASKS", "TILE",
     "dot", "dot_tile", "dot_strips", "nn_rows", "nn_tile", "nn_short", "colsum_acc",
-    "transpose_row", "transpose_rows", "transpose",
+    "transpose_block", "transpose_rows", "transpose",
     "use_nn", "task_rows", "gemm_rows", "forward_rows", "forward",
     "masked_rows", "input_grad_rows", "input_grad",
     "weight_bias_rows", "weight_bias_chunk", "finish", "finish_dw_row", "dw_transposed",

@@ -1,8 +1,8 @@
 """Forward pass y = x @ w + b (optional ReLU), and the shared row-block GEMM driver."""
 from numba import njit, prange
 
-from .config import JIT, KC, MB, NC, NN_K, NR, PJIT, TASKS
-from .tile import dot_strips, dot_tile, nn_tile, transpose_row
+from .config import JIT, KC, MB, NC, NN_K, NR, PJIT, TASKS, TILE
+from .tile import dot_strips, dot_tile, nn_tile, transpose_block
 
 
 @njit(**JIT)
@@ -86,21 +86,25 @@ def forward(x, w, wt, b, relu_out, nn, y):
 
 
 
+
 @njit(**JIT)
 def transpose_rows(a, out):
     """out[j, i] = a[i, j]   shapes: a (R, C) any layout, out (C, R)   numpy: out[:] = a.T
 
-    Serial, one row of out at a time (transpose_row).
+    Serial, TILE rows of out at a time (transpose_block).
     """
-    for j in range(out.shape[0]):
-        transpose_row(a, out, j)
+    C = out.shape[0]
+    for j0 in range(0, C, TILE):
+        transpose_block(a, out, j0, min(C, j0 + TILE))
 
 
 @njit(**PJIT)
 def transpose(a, out):
     """Parallel transpose_rows, for the transposed copy of w that some forms read.
-    Parallel over rows j of out (an output axis): each prange iteration writes only
-    out[j], so it is race-free (784 x 50 at 2 threads: 13 us against 24 us for
-    numpy's one-thread copy)."""
-    for j in prange(out.shape[0]):
-        transpose_row(a, out, j)
+    Parallel over blocks of TILE rows of out (an output axis): each prange iteration
+    writes only its rows of out, so it is race-free. Measured against numpy's copy
+    (ascontiguousarray(w.T), one thread): 784 x 50 1.6x at 1 thread, 2.5x at 2;
+    2048 x 2048 2.9x and 5.5x."""
+    C = out.shape[0]
+    for t in prange((C + TILE - 1) // TILE):
+        transpose_block(a, out, t * TILE, min(C, t * TILE + TILE))

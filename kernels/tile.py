@@ -10,7 +10,7 @@ work and hand each thread its own rows or its own partial buffers.
 import numpy as np
 from numba import njit
 
-from .config import JIT, SHORT_K
+from .config import JIT, SHORT_K, TILE
 
 
 @njit(**JIT)
@@ -232,15 +232,21 @@ def nn_tile(a, b, c, p0, p1, k0, k1, accumulate):
 
 
 @njit(**JIT)
-def transpose_row(a, out, j):
-    """out[j, :] = a[:, j]   shapes: a (R, C) any layout, out (C, R)   numpy: out[j] = a[:, j]
+def transpose_block(a, out, j0, j1):
+    """out[j, i] = a[i, j] for j0 <= j < j1 (at most TILE rows of out), all i.
 
-    Views, and an index from range(len): no negative-index wraparound, so the
-    strided reads stay plain loads. Serial.
+    shapes: a (R, C) any layout, out (C, R).   numpy: out[j0:j1] = a[:, j0:j1].T
+    Taken in TILE x TILE blocks, so the block's rows of a and of out stay in L1.
+    Each strided column piece is a view indexed from range(len): no
+    negative-index wraparound, so its reads stay plain loads. Serial.
     """
-    col, row = a[:, j], out[j]
-    for i in range(row.shape[0]):
-        row[i] = col[i]
+    R = a.shape[0]
+    for i0 in range(0, R, TILE):
+        n = min(TILE, R - i0)
+        for j in range(j0, j1):
+            col, row = a[i0:i0 + n, j], out[j, i0:i0 + n]
+            for i in range(n):
+                row[i] = col[i]
 
 
 @njit(**JIT)
