@@ -8,7 +8,6 @@ form reads, so a C-order ``w`` costs an I*O transposed copy only for the NT
 forward and the NN dx (skipped for batches up to SMALL_N rows), and a
 PyTorch-layout weight passed as ``W.T`` the other way round.
 """
-import functools
 import os
 import threading
 from collections import namedtuple
@@ -48,6 +47,12 @@ def _call(parallel, serial, work, *args):
         return parallel(*args)
     with _workqueue_lock:
         return parallel(*args)
+
+
+def _direct_parallel(*args):
+    """kernels.weight_bias_direct_parallel with one block of dw per thread (asked only
+    when the parallel kernel runs: numba.get_num_threads() costs about 0.7 us)."""
+    return K.weight_bias_direct_parallel(*args, numba.get_num_threads())
 
 
 def _operands(w, as_is, work):
@@ -181,9 +186,8 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
         dbb = db.buf if need_db else np.empty(0, dtype)
         if N <= K.NB:  # one block: straight into the outputs, no partials
             work = N * x2.shape[1] * O if need_dw else 0
-            parallel = functools.partial(K.weight_bias_direct_parallel, tasks=numba.get_num_threads())
-            _call(parallel, K.weight_bias_direct, work, x2, d2, y2, masked, need_dw, need_db,
-                  bool(accumulate), dwb, dbb)
+            _call(_direct_parallel, K.weight_bias_direct, work, x2, d2, y2, masked, need_dw,
+                  need_db, bool(accumulate), dwb, dbb)
         else:
             work = N * (x2.shape[1] * O if need_dw else O)
             # per-thread float64 partials: one chunk of the batch per thread, each at least NB rows
