@@ -13,8 +13,8 @@ where starting threads costs more than the work) and a parallel form.
     config.py    JIT flags and block sizes
     ladder.py    the study path's optimisation ladder (docs/ladder.md)
 """
-from .backward import (direct_transposed, dw_columns, dw_transposed, finish, finish_dw_row,
-                       input_grad, input_grad_rows, masked_rows, weight_bias_chunk,
+from .backward import (bias_direct, direct_transposed, dw_columns, dw_transposed, finish,
+                       finish_dw_row, input_grad, input_grad_rows, masked_rows, weight_bias_chunk,
                        weight_bias_direct, weight_bias_direct_parallel, weight_bias_grad,
                        weight_bias_grad_serial, weight_bias_rows)
 from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SHORT_K,
@@ -33,5 +33,5 @@ __all__ = [
     "masked_rows", "input_grad_rows", "input_grad",
     "weight_bias_rows", "weight_bias_chunk", "finish", "finish_dw_row", "dw_transposed",
     "weight_bias_grad", "weight_bias_grad_serial", "weight_bias_direct",
-    "weight_bias_direct_parallel", "dw_columns", "direct_transposed",
+    "weight_bias_direct_parallel", "dw_columns", "direct_transposed", "bias_direct",
 ]

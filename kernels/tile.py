@@ -269,7 +269,8 @@ def colsum_acc(d, acc):
         for n in range(0, nb, 4):
             d0, d1, d2, d3 = d[n], d[n + 1], d[n + 2], d[n + 3]
             for j in range(O):
-                acc[j] += (np.float64(d0[j]) + np.float64(d1[j])) + (np.float64(d2[j]) + np.float64(d3[j]))
+                acc[j] += ((np.float64(d0[j]) + np.float64(d1[j]))
+                           + (np.float64(d2[j]) + np.float64(d3[j])))
         for n in range(nb, N):
             for j in range(O):
                 acc[j] += d[n, j]
