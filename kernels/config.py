@@ -40,9 +40,12 @@ TASKS = 8
 NB = 64
 
 # Batches up to SMALL_N rows use the form that needs no transposed copy of w
-# (for I x O = 784 x 50 the copy costs about 24 us, a 1-row forward kernel
-# 3 us; measured: at 16 rows both forms cost the same, at 64 the copy pays).
-SMALL_N = 32
+# (for I x O = 784 x 50 the tiled copy costs about 15 us at 1 thread, numpy's
+# was 24). Measured on 784 -> 50, 1 thread, copy included: the forward breaks
+# even at 16 rows in both dtypes, and with the copy is 1.3x faster at 24 and
+# 1.5x at 32; dx with it is 1.35x faster at 24-32 rows in float32 but 1.1-1.2x
+# slower in float64 (where its NT form keeps up to 48 rows). One threshold.
+SMALL_N = 16
 # Below this many multiply-adds a call runs serially: launching threads costs
 # more than the work.
 SERIAL_WORK = 1 << 16

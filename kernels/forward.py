@@ -85,8 +85,6 @@ def forward(x, w, wt, b, relu_out, nn, y):
         forward_rows(x[n0:n1], w, wt, b, relu_out, nn, y[n0:n1])
 
 
-
-
 @njit(**JIT)
 def transpose_rows(a, out):
     """out[j, i] = a[i, j]   shapes: a (R, C) any layout, out (C, R)   numpy: out[:] = a.T
