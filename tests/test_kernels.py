@@ -139,11 +139,12 @@ def test_out_buffers(rng, threads, dtype, kind):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["C", "F"])
-@pytest.mark.parametrize("I, O, step", [(37, 21, 300), (301, 19, 48)], ids=str)
+@pytest.mark.parametrize("I, O, step", [(37, 21, 300), (301, 19, 48), (30, 20, 2)], ids=str)
 def test_accumulate_matches_full_batch(rng, threads, dtype, kind, I, O, step):
     """Micro-batches accumulated with accumulate=True give the full-batch gradient
     (micro-batches of 300 rows: per-thread partials; of 48: the direct small-batch
-    path, through dw.T and, at 2 threads, in parallel)."""
+    path, through dw.T and, at 2 threads, in parallel; of 2: rank-2 updates added
+    into dw by nn_short)."""
     N = 1000
     x, w, _, dy = data(rng, N, I, O, dtype)
     dw = layout(np.zeros((I, O), dtype), kind)
