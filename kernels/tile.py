@@ -264,16 +264,14 @@ def colsum_acc(d, acc):
     """
     N, O = d.shape
     G = 64 // max(O, 1)
+    done = N  # rows summed by the branch below; any left over are added one by one
     if O >= 16:  # four rows per pass, so acc is loaded and stored once per four rows
-        nb = N - N % 4
-        for n in range(0, nb, 4):
+        done = N - N % 4
+        for n in range(0, done, 4):
             d0, d1, d2, d3 = d[n], d[n + 1], d[n + 2], d[n + 3]
             for j in range(O):
                 acc[j] += ((np.float64(d0[j]) + np.float64(d1[j]))
                            + (np.float64(d2[j]) + np.float64(d3[j])))
-        for n in range(nb, N):
-            for j in range(O):
-                acc[j] += d[n, j]
     elif O == 1 or N < G:
         for j in range(O):
             t = acc.dtype.type(0)
@@ -281,14 +279,15 @@ def colsum_acc(d, acc):
                 t += d[n, j]
             acc[j] += t
     else:
+        done = N - N % G
         flat = d.reshape(N * O)
         L = G * O
         run = np.zeros(L, acc.dtype)
-        for g in range(N // G):
+        for g in range(done // G):
             for q in range(L):
                 run[q] += flat[g * L + q]
         for q in range(L):
             acc[q % O] += run[q]
-        for n in range(N - N % G, N):
-            for j in range(O):
-                acc[j] += d[n, j]
+    for n in range(done, N):
+        for j in range(O):
+            acc[j] += d[n, j]
