@@ -17,7 +17,7 @@ from .backward import (bias_direct, direct_transposed, dw_columns, dw_transposed
                        finish_dw_row, input_grad, input_grad_rows, masked_rows, weight_bias_chunk,
                        weight_bias_direct, weight_bias_direct_parallel, weight_bias_grad,
                        weight_bias_grad_serial, weight_bias_rows)
-from .config import (JIT, KC, MB, MR, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SHORT_K,
+from .config import (JIT, KC, MB, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SHORT_K,
                      SMALL_N, TASKS, TILE)
 from .forward import (forward, forward_rows, gemm_rows, task_rows, transpose, transpose_rows,
                       use_nn)
@@ -25,7 +25,7 @@ from .tile import (colsum_acc, dot, dot_strips, dot_tile, nn_rows, nn_short, nn_
                    transpose_block)
 
 __all__ = [
-    "JIT", "PJIT", "MR", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SHORT_K",
+    "JIT", "PJIT", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SHORT_K",
     "SMALL_N", "TASKS", "TILE",
     "dot", "dot_tile", "dot_strips", "nn_rows", "nn_tile", "nn_short", "colsum_acc",
     "transpose_block", "transpose_rows", "transpose",

@@ -13,11 +13,7 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 PJIT = dict(JIT, parallel=True)
 
-# Register tile of the "NT" dot micro-kernel (tile.dot_tile): MR rows of the
-# output times NR columns held in MR*NR scalar accumulators across the k loop.
-# The kernel is written out for 4 x 4 (and nn_tile for 2 rows x 4 k): these
-# name its shape for readers and tests; changing them alone changes nothing.
-MR = 4
+# Register tile of the "NT" dot micro-kernel (tile.dot_tile): 4 x 4 (written out).
 NR = 4
 
 # Cache blocking: the k (summed) axis is cut into KC-long slices so that a
@@ -67,3 +63,23 @@ PANEL = 65536
 # TILE source rows and TILE destination rows of a block stay in L1. Measured
 # against one destination row at a time: 784 x 50 1.6x, 2048 x 2048 2.9x.
 TILE = 16
+
+# ---- the GEMM engine (micro.py, engine.py, plan.py) ----
+def _vector_bytes():
+    """Width of the host's vector registers: 64 bytes with AVX-512, else 32 (AVX2).
+    Numba compiles for the host CPU and keys its cache on it, so the choice
+    follows the machine the kernels run on."""
+    import llvmlite.binding as llvm
+    return 64 if "+avx512f" in llvm.get_host_cpu_features().flatten().split(",") else 32
+
+
+VECTOR_BYTES = _vector_bytes()
+# The micro-kernel's register block: MR rows (broadcast from A) by NV vectors
+# (NR = NV * VECTOR_BYTES / itemsize columns, loaded from B): MR * NV
+# accumulators, NV loads of B and MR broadcasts of A per k.
+MR = 6
+NV = 2
+# Terms of a float32 sum over the batch (dw) added in float32 registers before
+# each is added into the float64 partials: the float32 error grows with KF,
+# not with the batch (tests/test_accuracy.py holds it to numpy's pairwise sum).
+KF = 64

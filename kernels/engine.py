@@ -1,0 +1,238 @@
+"""The GEMM engine: C = A @ B in BLIS's loops around one register micro-kernel (micro.py).
+
+Every product of the layer is one call of the same driver (plan.py builds the call):
+
+    forward  y     = x   @ w      A = x (in place),  B = w (packed once),   bias and ReLU
+                                  in the micro-kernel's epilogue
+    dx       dx    = d   @ w.T    A = d (packed with the ReLU mask, or in place),
+                                  B = w.T (packed once)
+    dw, db   dw.T  = d.T @ x      A = d.T (packed with the mask; db summed while packing),
+             db    = d.sum(0)     B = x (in place), C = per-thread float64 partials of dw.T
+
+with d = dy, or where(y > 0, dy, 0) after a ReLU. Operands are views
+``(buf, off, rs, cs)``: a flat array and the element offset, row stride and
+column stride of a matrix in it, so C order, Fortran order, strided and
+reversed views, x.T and w.T all reach the same compiled code; packing reads
+any of them into the micro-kernel's panel layout. Block sizes, what is packed,
+the split over threads: all arrive from plan.py. Nothing here decides.
+"""
+import numpy as np
+from numba import njit, prange
+
+from .config import JIT, MR, NV, PJIT, VECTOR_BYTES
+from .micro import micro
+
+
+@njit(**JIT)
+def lanes(a):
+    """NR, the micro-kernel's columns for a's dtype: NV vectors of VECTOR_BYTES."""
+    return NV * (VECTOR_BYTES // a.itemsize)
+
+
+@njit(**JIT)
+def value(V, Y, masked, r, c):
+    """V[r, c], or 0 where the unit was off (Y[r, c] <= 0) when masked: where(y > 0, dy, 0)."""
+    v = V[0][V[1] + r * V[2] + c * V[3]]
+    if masked and not Y[0][Y[1] + r * Y[2] + c * Y[3]] > 0:
+        v = 0.0
+    return v
+
+
+@njit(**JIT)
+def pack_a(A, Y, masked, m0, mc, k0, kc, dst, db, want_db):
+    """dst[(r // MR) * kc * MR + k * MR + r % MR] = A[m0 + r, k0 + k] (masked), r < mc, k < kc.
+
+    MR-row micro-panels, k-major: the micro-kernel reads each as a view with
+    row stride 1 and column stride MR. Rows past mc in the last panel are left
+    as they are (the micro-kernel reads row 0 instead). With want_db,
+    db[m0 + r] += every packed value, in float64: for dw, A is d.T, so db =
+    d.sum(0) costs one add per value that is packed anyway (oneDNN's
+    diff_bias). The loops run along A's contiguous axis. Serial.
+    """
+    for p0 in range(0, mc, MR):
+        base = (p0 // MR) * kc * MR
+        rows = min(MR, mc - p0)
+        if A[2] <= A[3]:  # A's rows are the short stride (d.T): MR values per k
+            for k in range(kc):
+                for r in range(rows):
+                    v = value(A, Y, masked, m0 + p0 + r, k0 + k)
+                    dst[base + k * MR + r] = v
+                    if want_db:
+                        db[m0 + p0 + r] += v
+        else:
+            for r in range(rows):
+                s = 0.0
+                for k in range(kc):
+                    v = value(A, Y, masked, m0 + p0 + r, k0 + k)
+                    dst[base + k * MR + r] = v
+                    s += v
+                if want_db:
+                    db[m0 + p0 + r] += s
+
+
+@njit(**JIT)
+def pack_b(B, k0, kc, n0, nc, ldp, dst):
+    """dst[(p // NR) * ldp + k * NR + p % NR] = B[k0 + k, n0 + p], zero-padded to whole panels.
+
+    NR-column micro-panels, k-major, ldp values apart; the loops run along
+    B's contiguous axis. Serial.
+    """
+    nr = lanes(dst)
+    for p0 in range(0, nc, nr):
+        base = (p0 // nr) * ldp
+        cols = min(nr, nc - p0)
+        if B[3] <= B[2]:  # rows of B contiguous (w): along p
+            for k in range(kc):
+                src = B[1] + (k0 + k) * B[2] + (n0 + p0) * B[3]
+                for p in range(nr):
+                    dst[base + k * nr + p] = B[0][src + p * B[3]] if p < cols else 0.0
+        else:  # columns contiguous (w.T): along k
+            for p in range(nr):
+                src = B[1] + k0 * B[2] + (n0 + p0 + p) * B[3]
+                for k in range(kc):
+                    dst[base + k * nr + p] = B[0][src + k * B[2]] if p < cols else 0.0
+
+
+@njit(**JIT)
+def pack_panels(B, K, N, dst, t, T):
+    """Share t of T of packing all of B (K x N) into dst, panel by panel (K * NR values each)."""
+    nr = lanes(dst)
+    panels = (N + nr - 1) // nr
+    for p in range(t * panels // T, (t + 1) * panels // T):
+        pack_b(B, 0, K, p * nr, min(nr, N - p * nr), K * nr, dst[p * K * nr:])
+
+
+@njit(**PJIT)
+def pack_whole_b(B, K, N, dst, T):
+    """All of B packed into dst on T threads, each owning its own panels (race-free)."""
+    for t in prange(T):
+        pack_panels(B, K, N, dst, t, T)
+
+
+@njit(**JIT)
+def pack_whole_b_serial(B, K, N, dst, T):
+    """pack_whole_b on the calling thread."""
+    pack_panels(B, K, N, dst, 0, 1)
+
+
+@njit(**JIT)
+def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
+    """C[m0:m1] (+)= A[m0:m1, k0:k1] @ B[k0:k1] (+ bias) (then ReLU): one thread's share.
+
+    dims = (m0, m1, k0, k1, N); blocks = (MC, KC, KF);
+    flags = (pack, masked, b_packed, relu, want_db).
+    A (M x K) is a view, read in place by the micro-kernel or, with pack,
+    packed MC x KC at a time into ap (with the ReLU mask Y, and db, applied
+    there). B (K x N) is either packed whole in bp (b_packed, then k0 is 0 and
+    k1 is K) or a view with unit column stride read in place, its last partial
+    panel packed into bp per KC block. C = (buf, off, ldc), row-major, of A's
+    dtype or float64: a float64 C gets the sums of KF terms at a time. The
+    first k block overwrites C (never read), later ones add; the bias and ReLU
+    are applied on the last, in registers.
+    Loops: pc (KC), ic (MC), jr (NR), ir (MR), then KF chunks. Serial.
+    """
+    m0, m1, k0, k1, N = dims
+    MC, KC, KF = blocks
+    pack, masked, b_packed, relu, want_db = flags
+    nr = lanes(ap)
+    abuf = ap if pack else A[0]
+    cbuf, coff, ldc = C
+    full_n = N - N % nr  # columns in whole panels of an in-place B
+    for pc in range(k0, max(k1, k0 + 1), KC):  # an empty k range still writes C = bias
+        kc = min(KC, k1 - pc)
+        last = pc + KC >= k1
+        if not b_packed and full_n < N:
+            pack_b(B, pc, kc, full_n, N - full_n, kc * nr, bp)
+        for ic in range(m0, m1, MC):
+            mc = min(MC, m1 - ic)
+            if pack:
+                pack_a(A, Y, masked, ic, mc, pc, kc, ap, db, want_db)
+            for jr in range(0, N, nr):
+                n = min(nr, N - jr)
+                for ir in range(0, mc, MR):
+                    m = min(MR, mc - ir)
+                    if pack:
+                        ao, ars, acs = (ir // MR) * kc * MR, 1, MR
+                    else:
+                        ao, ars, acs = A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3]
+                    co = coff + (ic + ir) * ldc + jr
+                    for kq in range(0, max(kc, 1), KF):
+                        end = last and kq + KF >= kc
+                        dk = (min(KF, kc - kq), m, n)
+                        fl = (pc > k0 or kq > 0, end and bias.size > 0, relu and end)
+                        a_at = ao + kq * acs
+                        if b_packed:
+                            micro(abuf, bp, cbuf, bias, (a_at, ars, acs, (jr // nr) * k1 * nr
+                                                         + (pc + kq) * nr, nr, co, ldc, jr), dk, fl)
+                        elif jr < full_n:
+                            micro(abuf, B[0], cbuf, bias, (a_at, ars, acs, B[1] + (pc + kq) * B[2]
+                                                           + jr, B[2], co, ldc, jr), dk, fl)
+                        else:
+                            micro(abuf, bp, cbuf, bias, (a_at, ars, acs, kq * nr, nr, co, ldc, jr),
+                                  dk, fl)
+
+
+@njit(**JIT)
+def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
+    """Thread t's share of gemm: with split 0, rows t*M//T to (t+1)*M//T of C; with split 1,
+    that share of the summed axis K, into its own partial C[t] (C's offset plus t times
+    the partial's size, ``dims[5]``) and db[t]. Allocates t's packing buffers, whose size
+    depends on the block sizes only."""
+    M, K, N, R = dims
+    MC, KC, KF = blocks
+    pack, masked, b_packed, relu, want_db = flags
+    ap = np.empty((MC + MR) * KC if pack else 0, bp.dtype)
+    edge = bp if b_packed else np.empty(KC * lanes(bp), bp.dtype)
+    if split == 0:
+        rows, ks, coff = (t * M // T, (t + 1) * M // T), (0, K), C[1]
+    else:
+        rows, ks, coff = (0, M), (t * K // T, (t + 1) * K // T), C[1] + t * R
+    gemm_block(A, B, (C[0], coff, C[2]), Y, bias, db[t], ap, edge, rows + ks + (N,), blocks, flags)
+
+
+@njit(**PJIT)
+def gemm(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
+    """C = A @ B (M x K times K x N) on T threads. dims = (M, K, N, R).
+
+    Race-free by construction: with split 0 thread t owns its rows of C (an
+    output axis); with split 1 it owns its partial C[t] and db[t] (per-thread
+    partials over the summed axis, added up afterwards by merge_*).
+    """
+    for t in prange(T):
+        gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T)
+
+
+@njit(**JIT)
+def gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
+    """gemm on the calling thread (T is 1), for work too small to start threads for."""
+    gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
+
+
+@njit(**JIT)
+def merge_part(acc, out, transposed, accumulate, t, T):
+    """Share t of T of out[i, j] = sum_s acc[s, j, i] (transposed) or acc[s, i, j] (+ out).
+
+    acc (S, R*P) float64 per-thread partials of out (R x P) or of out.T;
+    summed in float64, rounded once to out's dtype. Serial over its rows i.
+    """
+    R, P = out.shape
+    for i in range(t * R // T, (t + 1) * R // T):
+        for j in range(P):
+            s = out[i, j] + 0.0 if accumulate else 0.0
+            at = j * R + i if transposed else i * P + j
+            for q in range(acc.shape[0]):
+                s += acc[q, at]
+            out[i, j] = s
+
+
+@njit(**PJIT)
+def merge(acc, out, transposed, accumulate, T):
+    """merge_part on T threads, each owning a contiguous range of out's rows (race-free)."""
+    for t in prange(T):
+        merge_part(acc, out, transposed, accumulate, t, T)
+
+
+@njit(**JIT)
+def merge_serial(acc, out, transposed, accumulate, T):
+    """merge on the calling thread."""
+    merge_part(acc, out, transposed, accumulate, 0, 1)

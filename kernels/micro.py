@@ -1,0 +1,168 @@
+"""The one register micro-kernel, written in LLVM IR through a Numba intrinsic.
+
+Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
+
+    C[r, p] := beta * C[r, p] + sum_{k < kc} A[r, k] * B[k, p]  (+ bias[p])  (then ReLU)
+    for 0 <= r < m <= MR and 0 <= p < n <= NR = NV * (VECTOR_BYTES / itemsize)
+
+    A[r, k] = a[ia + r * rsa + k * csa]   any strides: one scalar per (r, k), broadcast
+    B[k, p] = b[ib + k * ldb + p]         NR contiguous lanes per k, all of them readable
+                                          (a packed micro-panel, zero-padded past n)
+    C[r, p] = c[ic + r * ldc + p]         row-major, unit column stride
+    bias[p] = bias[ibias + p]             read only when use_bias
+
+    offs = (ia, rsa, csa, ib, ldb, ic, ldc, ibias), dims = (kc, m, n),
+    flags = (beta, use_bias, relu), all scalars.
+
+- With beta False C is never read (BLIS's beta = 0).
+- C may be float64 while A and B are float32: the block is converted once,
+  after the k loop, and added in float64.
+- Rows r >= m read row 0 of A (valid memory) and are never stored; lanes
+  p >= n are computed from B's padding and never stored (masked stores).
+- ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
+- Serial; no state. Numba compiles one copy per (A, B, C dtype) triple.
+
+Why an intrinsic: Numba has no vector types, and a block of the output kept
+in scalar or array accumulators is streamed through memory by LLVM (loads and
+stores of C inside the k loop). Here the MR x NV accumulators are SSA vector
+values (phi nodes of the k loop), so they can only live in registers. The k
+loop compiles to NV vector loads of B, MR broadcasts of A and MR * NV FMAs,
+with no load or store of C: checked in the assembly (tests/test_micro.py
+reads it from ``inspect_asm`` and counts the instructions of the loop).
+"""
+import llvmlite.ir as ir
+from numba import types
+from numba.extending import intrinsic
+
+from .config import MR, NV, VECTOR_BYTES
+
+I32 = ir.IntType(32)
+I64 = ir.IntType(64)
+
+
+def _call(builder, name, ret, args):
+    """Call the LLVM intrinsic ``name``, declared in this module on first use."""
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ret, [a.type for a in args]), name=name)
+    return builder.call(fn, args)
+
+
+def _suffix(vt):
+    """LLVM's overload suffix of a float vector type: v8f32, v4f64, ..."""
+    return f"v{vt.count}{'f32' if isinstance(vt.element, ir.FloatType) else 'f64'}"
+
+
+def _splat(builder, scalar, vt):
+    """A vector of type vt with every lane set to scalar."""
+    one = builder.insert_element(ir.Constant(vt, ir.Undefined), scalar, I32(0))
+    return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, vt.count), [0] * vt.count))
+
+
+def _scalars(context, builder, tup, tupty, to):
+    """The members of a tuple of scalars, each cast to the Numba type ``to``."""
+    return [context.cast(builder, builder.extract_value(tup, i), tupty[i], to)
+            for i in range(len(tupty))]
+
+
+@intrinsic
+def micro(typingctx, a, b, c, bias, offs, dims, flags):
+    """C[:m, :n] := beta * C + A @ B (+ bias) (ReLU): see the module docstring."""
+    def codegen(context, builder, sig, args):
+        aty, bty, cty, biasty = sig.args[:4]
+        ia, rsa, csa, ib, ldb, ic, ldc, ibias = _scalars(context, builder, args[4], sig.args[4],
+                                                         types.int64)
+        kc, m, n = _scalars(context, builder, args[5], sig.args[5], types.int64)
+        beta, use_bias, relu = _scalars(context, builder, args[6], sig.args[6], types.boolean)
+        pa, pb, pc, pbias = (context.make_array(t)(context, builder, v).data
+                             for t, v in zip(sig.args[:4], args[:4]))
+        elt = context.get_data_type(bty.dtype)
+        celt = context.get_data_type(cty.dtype)
+        vl = VECTOR_BYTES // context.get_abi_sizeof(elt)
+        vt, cvt = ir.VectorType(elt, vl), ir.VectorType(celt, vl)
+        mt = ir.VectorType(ir.IntType(1), vl)
+        align, calign = context.get_abi_sizeof(elt), context.get_abi_sizeof(celt)
+        fma = f"llvm.fma.{_suffix(vt)}"
+        cload, cstore = f"llvm.masked.load.{_suffix(cvt)}.p0", f"llvm.masked.store.{_suffix(cvt)}.p0"
+        zero, czero = ir.Constant(vt, [0.0] * vl), ir.Constant(cvt, [0.0] * vl)
+
+        # loop-invariant: the address of each row of A (rows past m read row 0)
+        arow = [builder.gep(pa, [builder.add(ia, builder.mul(
+            builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
+            for r in range(MR)]
+
+        # the k loop: accumulators are phi nodes, so they live in registers
+        entry = builder.block
+        loop = builder.append_basic_block("micro.k")
+        done = builder.append_basic_block("micro.done")
+        builder.cbranch(builder.icmp_signed(">", kc, I64(0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(I64)
+        acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+        brow = builder.add(ib, builder.mul(k, ldb))
+        bv = [builder.load(builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
+                                           vt.as_pointer()), align=align) for v in range(NV)]
+        kcol = builder.mul(k, csa)
+        new = []
+        for r in range(MR):
+            s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
+            new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
+        k1 = builder.add(k, I64(1))
+        k.add_incoming(I64(0), entry)
+        k.add_incoming(k1, loop)
+        for r in range(MR):
+            for v in range(NV):
+                acc[r][v].add_incoming(zero, entry)
+                acc[r][v].add_incoming(new[r][v], loop)
+        builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+
+        builder.position_at_end(done)
+        out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+        for r in range(MR):
+            for v in range(NV):
+                out[r][v].add_incoming(zero, entry)
+                out[r][v].add_incoming(new[r][v], loop)
+        if celt != elt:  # float32 sums into a float64 C
+            out = [[builder.fpext(p, cvt) for p in row] for row in out]
+
+        # the epilogue: lane masks for an edge tile, the bias, beta, ReLU, the store
+        lane = ir.Constant(ir.VectorType(I64, vl), list(range(vl)))
+        masks = [builder.icmp_signed("<", lane, _splat(builder, builder.sub(n, I64(v * vl)),
+                                                      ir.VectorType(I64, vl))) for v in range(NV)]
+        bias_on = _splat(builder, use_bias, mt)
+        bvals = [_call(builder, cload, cvt, [
+            builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]), cvt.as_pointer()),
+            I32(calign), builder.and_(masks[v], bias_on), czero]) for v in range(NV)]
+
+        def store(add_old, full):
+            """Rows r < m of C: plain vector loads and stores for a full-width tile
+            (masked ones are microcoded on some CPUs), masked ones at an edge."""
+            for r in range(MR):
+                with builder.if_then(builder.icmp_signed("<", I64(r), m)):
+                    base = builder.add(ic, builder.mul(I64(r), ldc))
+                    for v in range(NV):
+                        ptr = builder.bitcast(builder.gep(pc, [builder.add(base, I64(v * vl))]),
+                                              cvt.as_pointer())
+                        val = builder.fadd(out[r][v], bvals[v])
+                        if add_old:
+                            old = (builder.load(ptr, align=calign) if full else
+                                   _call(builder, cload, cvt, [ptr, I32(calign), masks[v], czero]))
+                            val = builder.fadd(val, old)
+                        keep = builder.fcmp_unordered(">", val, czero)
+                        val = builder.select(relu, builder.select(keep, val, czero), val)
+                        if full:
+                            builder.store(val, ptr, align=calign)
+                        else:
+                            _call(builder, cstore, ir.VoidType(), [val, ptr, I32(calign), masks[v]])
+
+        full = builder.icmp_signed("==", n, I64(NV * vl))
+        for add_old in (True, False):
+            with builder.if_then(beta if add_old else builder.not_(beta)):
+                with builder.if_else(full) as (then, otherwise):
+                    with then:
+                        store(add_old, True)
+                    with otherwise:
+                        store(add_old, False)
+        return context.get_dummy_value()
+
+    return types.void(a, b, c, bias, offs, dims, flags), codegen
