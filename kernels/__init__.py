@@ -17,16 +17,18 @@ from .backward import (bias_direct, direct_transposed, dw_columns, dw_transposed
                        finish_dw_row, input_grad, input_grad_rows, masked_rows, weight_bias_chunk,
                        weight_bias_direct, weight_bias_direct_parallel, weight_bias_grad,
                        weight_bias_grad_serial, weight_bias_rows)
-from .config import (JIT, KC, MB, NB, NC, NN_K, NR, PANEL, PJIT, SERIAL_WORK, SHORT_K,
-                     SMALL_N, TASKS, TILE)
+from .config import (JIT, KC, KC_BLOCK, KC_DW, KC_MAX, KF, MB, MC, MC_DW, MC_PACKED, MR, NB, NC,
+                     NN_K, NR, NV, PANEL, PJIT, REDUCE_ROWS, SERIAL_WORK, SHORT_K, SMALL_N, TASKS, TILE,
+                     VECTOR_BYTES)
 from .forward import (forward, forward_rows, gemm_rows, task_rows, transpose, transpose_rows,
                       use_nn)
+from . import engine
 from .tile import (colsum_acc, dot, dot_strips, dot_tile, nn_rows, nn_short, nn_tile,
                    transpose_block)
 
 __all__ = [
     "JIT", "PJIT", "NR", "KC", "NC", "MB", "NB", "NN_K", "PANEL", "SERIAL_WORK", "SHORT_K",
-    "SMALL_N", "TASKS", "TILE",
+    "SMALL_N", "TASKS", "TILE", "KC_BLOCK", "KC_DW", "KC_MAX", "KF", "MC", "MC_DW", "MC_PACKED", "MR", "NV", "VECTOR_BYTES", "REDUCE_ROWS", "engine",
     "dot", "dot_tile", "dot_strips", "nn_rows", "nn_tile", "nn_short", "colsum_acc",
     "transpose_block", "transpose_rows", "transpose",
     "use_nn", "task_rows", "gemm_rows", "forward_rows", "forward",

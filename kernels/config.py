@@ -83,3 +83,18 @@ NV = 2
 # each is added into the float64 partials: the float32 error grows with KF,
 # not with the batch (tests/test_accuracy.py holds it to numpy's pairwise sum).
 KF = 64
+# Blocks of the forward and dx (C's rows are the batch). A summed axis up to
+# KC_MAX long is taken whole: each tile of C is then stored once, and the rows
+# of x it reads stay in L1 while the panels of B go by. Longer ones are cut into
+# KC_BLOCK slices. MC rows of C per block when A is read in place, MC_PACKED
+# when it is packed (masked or non-contiguous A), so that the packed block
+# stays in L2.
+KC_MAX = 1024
+KC_BLOCK = 512
+MC = 12
+MC_PACKED = 96
+# Blocks of dw: KC_DW rows of the batch by MC_DW outputs of d.T per packed block.
+KC_DW = 256
+MC_DW = 96
+# db alone: rows of the batch per thread at least (below, the sum runs serially).
+REDUCE_ROWS = 4096

@@ -181,8 +181,9 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     M, K, N, R = dims
     MC, KC, KF = blocks
     pack, masked, b_packed, relu, want_db = flags
-    ap = np.empty((MC + MR) * KC if pack else 0, bp.dtype)
-    edge = bp if b_packed else np.empty(KC * lanes(bp), bp.dtype)
+    kc = min(KC, max(K, 1))
+    ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)
+    edge = bp if b_packed or N % lanes(bp) == 0 else np.empty(kc * lanes(bp), bp.dtype)
     if split == 0:
         rows, ks, coff = (t * M // T, (t + 1) * M // T), (0, K), C[1]
     else:
@@ -236,3 +237,52 @@ def merge(acc, out, transposed, accumulate, T):
 def merge_serial(acc, out, transposed, accumulate, T):
     """merge on the calling thread."""
     merge_part(acc, out, transposed, accumulate, 0, 1)
+
+
+@njit(**JIT)
+def colsum_rows(D, Y, masked, n0, n1, acc):
+    """acc[j] += sum_{n0 <= n < n1} d[n, j], every term in float64; d = D, masked by Y.
+
+    shapes: D and Y views of (N, O), acc (O,) float64.   numpy: acc += d[n0:n1].sum(0)
+    db without dw: rows of a C-order dy four at a time (acc loaded and stored
+    once per four rows, vectorised along j); a single contiguous column as a
+    plain sum; any other layout one value at a time. Serial.
+    """
+    buf, off, rs, cs = D
+    O = acc.shape[0]
+    if masked or (cs != 1 and not (O == 1 and rs == 1)):
+        for n in range(n0, n1):
+            for j in range(O):
+                acc[j] += value(D, Y, masked, n, j)
+    elif O == 1 and rs == 1:
+        s = 0.0
+        for n in range(off + n0, off + n1):
+            s += buf[n]
+        acc[0] += s
+    else:
+        nb = n1 - (n1 - n0) % 4
+        for n in range(n0, nb, 4):
+            r0 = buf[off + n * rs: off + n * rs + O]
+            r1 = buf[off + (n + 1) * rs: off + (n + 1) * rs + O]
+            r2 = buf[off + (n + 2) * rs: off + (n + 2) * rs + O]
+            r3 = buf[off + (n + 3) * rs: off + (n + 3) * rs + O]
+            for j in range(O):
+                acc[j] += (np.float64(r0[j]) + np.float64(r1[j])) + (np.float64(r2[j]) + np.float64(r3[j]))
+        for n in range(nb, n1):
+            r = buf[off + n * rs: off + n * rs + O]
+            for j in range(O):
+                acc[j] += r[j]
+
+
+@njit(**PJIT)
+def colsum(D, Y, masked, N, acc, T):
+    """colsum_rows on T threads: thread t sums rows t*N//T to (t+1)*N//T into its own
+    partial acc[t] (T, O) float64, so it is race-free; merge adds the partials."""
+    for t in prange(T):
+        colsum_rows(D, Y, masked, t * N // T, (t + 1) * N // T, acc[t])
+
+
+@njit(**JIT)
+def colsum_serial(D, Y, masked, N, acc, T):
+    """colsum on the calling thread."""
+    colsum_rows(D, Y, masked, 0, N, acc[0])

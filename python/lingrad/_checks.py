@@ -6,6 +6,7 @@ shape, bad ``out=``) before any kernel runs, so a failed call writes nothing.
 import math
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -59,6 +60,34 @@ def check_dim(a, a_name, a_axis, size, what):
 def rows(a, cols):
     """The (rows, cols) C-contiguous 2-D view of a (..., cols) array; copies only if needed."""
     return np.ascontiguousarray(a).reshape(n_rows(a.shape), cols)
+
+
+def as_rows(a, cols):
+    """The (rows, cols) 2-D form of a (..., cols) array, as a view whenever numpy can
+    reshape without copying (any layout of a 2-D array is kept as it is)."""
+    return a if a.ndim == 2 else a.reshape(n_rows(a.shape), cols)
+
+
+def view(a):
+    """(buf, off, rs, cs) of a 2-D array: a flat array over its memory, and the offset,
+    row stride and column stride of a in it, in elements (lingrad.kernels.engine's
+    operand form: every layout, C, Fortran, strided or reversed, is read in place).
+    A stride that is not a whole number of elements (a view into a structured
+    array) is copied to C order first."""
+    if any(s % a.itemsize for s in a.strides):
+        a = np.ascontiguousarray(a)
+    rs, cs = (s // a.itemsize for s in a.strides)
+    if a.size == 0:
+        return a.reshape(-1)[:0], 0, rs, cs
+    neg = [(n - 1) * s for n, s in zip(a.shape, (rs, cs)) if s < 0]
+    span = sum((n - 1) * abs(s) for n, s in zip(a.shape, (rs, cs))) + 1
+    low = a[tuple(slice(n - 1, None) if s < 0 else slice(None) for n, s in zip(a.shape, (rs, cs)))]
+    return as_strided(low, shape=(span,), strides=(a.itemsize,)), -sum(neg), rs, cs
+
+
+def transposed(v):
+    """The view of a.T from the view of a."""
+    return v[0], v[1], v[3], v[2]
 
 
 def n_rows(shape):

@@ -1,12 +1,13 @@
-"""The public API: validate once, normalise layout, allocate, dispatch to lingrad.kernels.
+"""The public API: validate once, normalise, allocate, dispatch to lingrad.kernels.engine.
 
-Layout: the kernels read C-contiguous arrays. C-order inputs are used as they
-are (the fast path); any other layout (Fortran order, strided views) is copied
-once to C order. ``w`` is small (I*O): each call picks the micro-kernel form
-(``kernels.use_nn``) and makes contiguous whichever of ``w`` and ``w.T`` that
-form reads, so a C-order ``w`` costs an I*O transposed copy only for the NT
-forward and the NN dx (skipped for batches up to SMALL_N rows), and a
-PyTorch-layout weight passed as ``W.T`` the other way round.
+Every product runs on the engine (kernels/engine.py) as lingrad.plan decides.
+Inputs are read in the layout they come in (C order, Fortran order, strided
+or reversed views): each operand is handed over as a view of its memory
+(``_checks.view``). The one copy an input can cost: dw reads x in place along
+I, so an x whose rows are not contiguous (Fortran order, strided columns) is
+copied once to C order for dw. The engine packs w (or w.T) once per call into
+its micro-panels, and per-thread blocks of d (and of x, for the forward of an
+x not contiguous along I).
 """
 import os
 import threading
@@ -16,7 +17,8 @@ import numba
 import numpy as np
 
 from . import kernels as K
-from ._checks import Out, as_float_arrays, check_dim, check_ndim, rows
+from . import plan as P
+from ._checks import Out, as_float_arrays, as_rows, check_dim, check_ndim, transposed, view
 
 LinearGrads = namedtuple("LinearGrads", ["dx", "dw", "db"])
 LinearGrads.__doc__ = "Gradients of y = x @ w + b: dx (like x), dw (like w), db (like b); None if skipped."
@@ -25,8 +27,9 @@ _workqueue_lock = threading.Lock()
 _launch_pid = []  # the process that last launched lingrad's parallel kernels
 
 
-def _call(parallel, serial, work, *args):
-    """Run the serial kernel for tiny work or one thread, else the parallel one.
+def _launch(parallel, serial, threads, *args):
+    """Run the parallel kernel on ``threads`` threads (the plan's count), or the serial
+    one for 1.
 
     Numba's fallback 'workqueue' threading layer is not safe for concurrent
     parallel launches from several Python threads, so those are serialised
@@ -34,40 +37,40 @@ def _call(parallel, serial, work, *args):
     cannot be used again in a child forked after the parent started it, so a
     forked child runs the serial kernels under 'omp'.
     """
-    if work < K.SERIAL_WORK or numba.get_num_threads() == 1:
-        return serial(*args)
+    if threads == 1:
+        return serial(*args, 1)
     try:
         layer = numba.threading_layer()
     except ValueError:  # no parallel region has run yet in this process
         layer = None
     if layer == "omp" and _launch_pid and _launch_pid[0] != os.getpid():
-        return serial(*args)  # a child forked after the parent used the pool
+        return serial(*args, 1)  # a child forked after the parent used the pool
     _launch_pid[:] = [os.getpid()]
     if layer in ("omp", "tbb"):
-        return parallel(*args)
+        return parallel(*args, threads)
     with _workqueue_lock:
-        return parallel(*args)
+        return parallel(*args, threads)
 
 
-def _direct_parallel(*args):
-    """kernels.weight_bias_direct_parallel with one block of dw per thread (asked only
-    when the parallel kernel runs: numba.get_num_threads() costs about 0.7 us)."""
-    return K.weight_bias_direct_parallel(*args, numba.get_num_threads())
+def _gemm(plan, A, B, C, Y=None, bias=None, db=None, relu=False, partial=0):
+    """Run one product as planned: C = A @ B (plan.M x plan.K times plan.K x plan.N).
 
-
-def _operands(w, as_is, work):
-    """(w, w.T) made C-contiguous, each only if the chosen form reads it: as_is
-    means the kernel reads w (I, O) itself; otherwise it reads w.T (O, I). The
-    other is an empty placeholder. A transposed copy runs on as many threads as
-    the kernel that will read it (work: that kernel's multiply-adds)."""
-    empty = np.empty((0, 0), w.dtype)
-    if as_is:
-        return np.ascontiguousarray(w), empty
-    if w.T.flags.c_contiguous:  # w in Fortran order (a PyTorch weight's .T): no copy
-        return empty, w.T
-    wt = np.empty(w.shape[::-1], w.dtype)
-    _call(K.transpose, K.transpose_rows, work, w, wt)
-    return empty, wt
+    A, B, Y: operand views; C = (flat buffer, offset, row stride); bias: (N,) or
+    None; db: (threads, M) float64 partials when the plan sums db; partial: the
+    size of each thread's partial C when the plan splits the summed axis.
+    """
+    E = K.engine
+    dtype = A[0].dtype
+    bp = np.empty(0, dtype)
+    if plan.pack_b:  # all of B, once: the same panels serve every row block and thread
+        nr = E.lanes(bp)
+        bp = np.empty(-(-plan.N // nr) * nr * plan.K, dtype)
+        _launch(E.pack_whole_b, E.pack_whole_b_serial, plan.threads, B, plan.K, plan.N, bp)
+    bias = np.empty(0, C[0].dtype) if bias is None else bias
+    db = np.empty((plan.threads, 0)) if db is None else db
+    flags = (plan.pack_a, plan.masked, plan.pack_b, bool(relu), plan.want_db)
+    _launch(E.gemm, E.gemm_serial, plan.threads, A, B, C, A if Y is None else Y, bias, db, bp,
+            (plan.M, plan.K, plan.N, partial), plan.blocks, flags, plan.split)
 
 
 def linear(x, w, b=None, *, relu=False, out=None):
@@ -86,12 +89,12 @@ def linear(x, w, b=None, *, relu=False, out=None):
         check_ndim(b, "b", 1, "(O,)")
         check_dim(b, "b", 0, O, "w.shape[1]")
     y = Out(out, x.shape[:-1] + (O,), x.dtype, "y", {"x": x, "w": w, "b": b})
-    x2 = rows(x, I)
+    x2 = as_rows(x, I)
     N = x2.shape[0]
-    nn = K.use_nn(I, O) or N <= K.SMALL_N  # the NN form reads w as it is: no copy for small N
-    wc, wt = _operands(w, nn, N * I * O)
-    bias = np.empty(0, x.dtype) if b is None else np.ascontiguousarray(b)
-    _call(K.forward, K.forward_rows, N * I * O, x2, wc, wt, bias, bool(relu), nn, y.buf)
+    X = view(x2)
+    plan = P.gemm("forward", N, I, O, x.itemsize, X[3] == 1, False, False, numba.get_num_threads())
+    bias = None if b is None else np.ascontiguousarray(b)
+    _gemm(plan, X, view(w), (y.buf.reshape(-1), 0, O), bias=bias, relu=relu)
     return y.done()
 
 
@@ -172,29 +175,32 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
         inputs["dw out"] = dw.user
     if need_db:
         db = Out(out[2], (O,), dtype, "db", inputs, accumulate, as_rows=False)
-    d2 = rows(dy, O)
-    y2 = d2 if relu_out is None else rows(relu_out, O)
-    masked = relu_out is not None
+    d2 = as_rows(dy, O)
     N = d2.shape[0]
+    masked = relu_out is not None
+    D = view(d2)
+    Y = view(as_rows(relu_out, O)) if masked else D
+    threads = numba.get_num_threads()
     if need_dx:
-        nn = K.use_nn(O, I) and N > K.SMALL_N  # the NT form reads w as it is: no copy for small N
-        wc, wt = _operands(w, not nn, N * I * O)
-        _call(K.input_grad, K.input_grad_rows, N * I * O, d2, wc, wt, y2, masked, nn, dx.buf)
-    if need_dw or need_db:
-        x2 = rows(x, I) if need_dw else d2
-        dwb = dw.buf if need_dw else np.empty((0, 0), dtype)
-        dbb = db.buf if need_db else np.empty(0, dtype)
-        if N <= K.NB:  # one block: straight into the outputs, no partials
-            work = N * x2.shape[1] * O if need_dw else 0
-            _call(_direct_parallel, K.weight_bias_direct, work, x2, d2, y2, masked, need_dw,
-                  need_db, bool(accumulate), dwb, dbb)
-        else:
-            work = N * (x2.shape[1] * O if need_dw else O)
-            # per-thread float64 partials: one chunk of the batch per thread, each at least NB rows
-            T = max(1, min(numba.get_num_threads(), N // K.NB)) if work >= K.SERIAL_WORK else 1
-            dw_acc = np.zeros((T, x2.shape[1] * O if need_dw else 0))
-            db_acc = np.zeros((T, O if need_db else 0))
-            _call(K.weight_bias_grad, K.weight_bias_grad_serial, work, x2, d2, y2, masked,
-                  need_dw, need_db, bool(accumulate), dw_acc, db_acc, dwb, dbb)
+        plan = P.gemm("dx", N, O, I, dtype.itemsize, D[3] == 1, masked, False, threads)
+        _gemm(plan, D, transposed(view(w)), (dx.buf.reshape(-1), 0, I), Y)
+    if need_dw:
+        x2 = as_rows(x, I)
+        if x2.strides[1] != x2.itemsize:  # dw reads x in place along I
+            x2 = np.ascontiguousarray(x2)
+        plan = P.gemm("dw", O, N, I, dtype.itemsize, True, masked, need_db, threads)
+        acc = np.empty((plan.threads, I * O))
+        db_acc = np.zeros((plan.threads, O if need_db else 0))
+        _gemm(plan, transposed(D), view(x2), (acc.reshape(-1), 0, I), transposed(Y), db=db_acc,
+              partial=I * O)
+        _launch(K.engine.merge, K.engine.merge_serial, plan.threads, acc, dw.buf, True,
+                bool(accumulate))
+    elif need_db:
+        T = P.reduction(N, O, threads)
+        db_acc = np.zeros((T, O))
+        _launch(K.engine.colsum, K.engine.colsum_serial, T, D, Y, masked, N, db_acc)
+    if need_db:
+        _launch(K.engine.merge, K.engine.merge_serial, 1, db_acc, db.buf.reshape(1, O), False,
+                bool(accumulate))
     return LinearGrads(dx.done() if need_dx else None, dw.done() if need_dw else None,
                        db.done() if need_db else None)
