@@ -4,19 +4,22 @@ Everything here raises TypeError (wrong kind or dtype) or ValueError (wrong
 shape, bad ``out=``) before any kernel runs, so a failed call writes nothing.
 """
 import math
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_arrays(required, **named):
+def as_float_arrays(required: Collection[str], **named: Optional[npt.ArrayLike]) -> List[Any]:
     """Convert each named input to an ndarray and check that they share one float dtype.
 
     Names in ``required`` must not be None; other None values are passed
-    through. Returns the arrays in the order given.
+    through. Returns the arrays (np.ndarray, or None where None was passed) in
+    the order given.
     """
-    arrays = {}
+    arrays: Dict[str, Any] = {}
     for name, a in named.items():
         if a is None:
             if name in required:
@@ -42,7 +45,8 @@ def as_float_arrays(required, **named):
     return list(arrays.values())
 
 
-def check_ndim(a, name, ndim, meaning):
+def check_ndim(a: np.ndarray, name: str, ndim: Union[int, str], meaning: str) -> None:
+    """a.ndim must be ndim, or at least 1 for ndim '1+'; else ValueError."""
     if ndim == "1+":
         if a.ndim < 1:
             raise ValueError(f"{name} must have at least 1 dimension {meaning}, got a 0-d array")
@@ -50,18 +54,19 @@ def check_ndim(a, name, ndim, meaning):
         raise ValueError(f"{name} must be {ndim}-D {meaning}, got shape {a.shape}")
 
 
-def check_dim(a, a_name, a_axis, size, what):
+def check_dim(a: np.ndarray, a_name: str, a_axis: int, size: int, what: str) -> None:
+    """a.shape[a_axis] must equal size (the size of ``what``); else ValueError."""
     if a.shape[a_axis] != size:
         raise ValueError(f"{a_name}.shape[{a_axis}] ({a.shape[a_axis]}) must equal {what} ({size}); "
                          f"{a_name} has shape {a.shape}")
 
 
-def rows(a, cols):
+def rows(a: np.ndarray, cols: int) -> np.ndarray:
     """The (rows, cols) C-contiguous 2-D view of a (..., cols) array; copies only if needed."""
     return np.ascontiguousarray(a).reshape(n_rows(a.shape), cols)
 
 
-def n_rows(shape):
+def n_rows(shape: Sequence[int]) -> int:
     """Rows of the flattened batch: the product of all but the last axis (explicit, so
     that a zero-length last axis still reshapes)."""
     return math.prod(shape[:-1])
@@ -72,7 +77,9 @@ class Out:
     writes, viewed as (rows, shape[-1]) when ``as_rows``; ``done()`` returns the user's array, copying back when ``buf`` was
     a temporary (for an ``out=`` that is not C-contiguous)."""
 
-    def __init__(self, out, shape, dtype, name, inputs, accumulate=False, as_rows=True):
+    def __init__(self, out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype, name: str,
+                 inputs: Mapping[str, Optional[np.ndarray]], accumulate: bool = False,
+                 as_rows: bool = True) -> None:
         if out is None:
             if accumulate:
                 raise ValueError(f"accumulate=True needs an existing {name} buffer to add into")
@@ -99,7 +106,7 @@ class Out:
             src = np.ascontiguousarray(self.user) if accumulate else np.empty(shape, dtype)
             self.buf = src.reshape(n_rows(shape), shape[-1]) if as_rows else src
 
-    def done(self):
+    def done(self) -> np.ndarray:
         if not self.direct:
             self.user[...] = self.buf.reshape(self.user.shape)
         return self.user
