@@ -36,7 +36,9 @@ NOT_NOTICED = ("lingrad.kernels.ladder",)
 
 # Shapes chosen to reach every path of the plan: (N, I, O) for x (N, I), w (I, O).
 # Which kernel a call runs depends on the thresholds in kernels/config.py; as of
-# this writing (SERIAL_WORK = 2**16 multiply-adds, SMALL_N = 16, NB = 64, NN_K = 128):
+# this writing (SERIAL_WORK = 2**16 multiply-adds, SMALL_N = 16, NB = 64, NN_K = 128).
+# tests/test_compile.py checks that once these are warm, calls on other shapes, layouts
+# and options compile nothing (at 1 thread; at all threads with LINGRAD_RUN_SLOW=1).
 WARM_SHAPES: Tuple[Tuple[int, int, int], ...] = (
     (4, 3, 5),       # serial work, batch up to SMALL_N: the small-batch forms, direct dw and db
     (40, 20, 3),     # serial work past SMALL_N: serial transposed copies of w (forward and dx)
