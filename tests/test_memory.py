@@ -20,7 +20,9 @@ The bound is written from the shapes (see kernels/engine.py and kernels/config.p
     + 64 KiB                                          headers, schedules, small arrays
 
 with T = NUMBA_NUM_THREADS. With N = 2**17 a hidden copy of dy alone would be
-N * O * itemsize = 16 MiB, some 250 times the slack.
+N * O * itemsize = 16 MiB, some 250 times the slack: an API that copied dy's rows (tried
+once, by patching lingrad.api.rows to return a copy) fails test_peak_bytes_within_bound in
+every case that reads dy.
 """
 import json
 import os
@@ -138,15 +140,6 @@ def test_nrt_allocations_freed_and_per_block(measured, name):
     assert got["nrt_alloc"] == got["nrt_free"] and got["mi_alloc"] == got["mi_free"], got
     limit = 8 * T + 16  # a few per call and per thread, none per block of rows
     assert got["nrt_alloc"] <= limit, f"{got['nrt_alloc']} NRT allocations, more than {limit}"
-
-
-def test_bound_is_tight_enough_to_catch_a_copy_of_dy():
-    """Sanity of the bound itself: a hidden (N, O) temporary would not fit in it."""
-    for name, case in CASES.items():
-        size = 4 if case[1] == "float32" else 8
-        made = sum({"dx": N * I, "dw": I * O, "db": O, "y": N * O}[o] for o in case[4].split())
-        scratch = bound(*case) - (0 if case[5] else made * size) - (N * I * size if case[2] != "C" else 0)
-        assert scratch < N * O * size / 4, (name, scratch)
 
 
 if __name__ == "__main__":

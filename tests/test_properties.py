@@ -174,19 +174,39 @@ def test_standalone_grads_match_numpy(problem, kind, relu, accumulate, n_threads
     assert_close(db, add + ref.bias_grad(DY, Y), add + np.abs(flat(D)).sum(0), N + 1, dtype)
 
 
+ALL_THREADS = numba.config.NUMBA_NUM_THREADS
+
+
+@st.composite
+def parallel_problems(draw):
+    """(dtype, batch shape, I, O, seed) with enough work for the parallel kernels
+    (N * I * O >= SERIAL_WORK) and at least two blocks of NB rows to split between threads."""
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    I, O = draw(st.integers(16, 48)), draw(st.integers(16, 48))
+    least = max(2 * lingrad.kernels.NB, -(-lingrad.kernels.SERIAL_WORK // (I * O)))
+    N = draw(st.integers(least, least + 500))
+    batch = draw(st.sampled_from([(N,), (2, -(-N // 2))]))
+    return dtype, batch, I, O, draw(st.integers(0, 2**32 - 1))
+
+
+@pytest.mark.skipif(ALL_THREADS < 2, reason="needs 2 or more Numba threads (NUMBA_NUM_THREADS)")
 @PROFILE
-@given(problems(), thread_counts)
-def test_one_and_all_threads_agree(problem, n_threads):
-    """The same call at 1 thread and at n threads gives the same result to rounding."""
+@given(parallel_problems(), st.integers(2, max(2, ALL_THREADS)))
+def test_one_and_several_threads_agree(problem, n_threads):
+    """The same calls at 1 thread (the serial kernels) and at n >= 2 threads (the parallel
+    kernels) agree to rounding: each within twice the bound of a k-term sum of the other."""
+    assert n_threads >= 2
     dtype, batch, I, O, seed = problem
     x, w, b, dy = arrays(*problem)
-    with lingrad.num_threads(1):
-        one = lingrad.linear_backward(x, w, dy)
-    with lingrad.num_threads(n_threads):
-        many = lingrad.linear_backward(x, w, dy)
-    X, W, DY = as64(x, w, dy)
+    runs = []
+    for n in (1, n_threads):
+        with lingrad.num_threads(n):
+            assert lingrad.get_num_threads() == n
+            runs.append((lingrad.linear(x, w, b), *lingrad.linear_backward(x, w, dy)))
+    one, many = runs
+    X, W, B, DY = as64(x, w, b, dy)
     N = flat(DY).shape[0]
-    for a, c, scale, k in [(one.dx, many.dx, np.abs(DY) @ np.abs(W).T, O),
-                           (one.dw, many.dw, np.abs(flat(X)).T @ np.abs(flat(DY)), N),
-                           (one.db, many.db, np.abs(flat(DY)).sum(0), N)]:
+    scales = [(np.abs(X) @ np.abs(W) + np.abs(B), I), (np.abs(DY) @ np.abs(W).T, O),
+              (np.abs(flat(X)).T @ np.abs(flat(DY)), N), (np.abs(flat(DY)).sum(0), N)]
+    for a, c, (scale, k) in zip(one, many, scales):
         assert_close(c, a.astype(np.float64), 2 * scale, k, dtype)

@@ -8,6 +8,7 @@ lingrad.dask (optional extra "lingrad[dask]") is imported on its own: import lin
 """
 from . import kernels, reference
 from . import stream
+from . import compile as _compile  # noqa: F401  (registers the first-compile notice)
 from .api import LinearGrads, bias_grad, input_grad, linear, linear_backward, weight_grad
 from .gradcheck import gradcheck
 from .threads import get_num_threads, num_threads, set_num_threads

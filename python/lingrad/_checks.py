@@ -4,20 +4,23 @@ Everything here raises TypeError (wrong kind or dtype) or ValueError (wrong
 shape, bad ``out=``) before any kernel runs, so a failed call writes nothing.
 """
 import math
+from typing import Any, Collection, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 from numpy.lib.stride_tricks import as_strided
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def as_float_arrays(required, **named):
+def as_float_arrays(required: Collection[str], **named: Optional[npt.ArrayLike]) -> List[Any]:
     """Convert each named input to an ndarray and check that they share one float dtype.
 
     Names in ``required`` must not be None; other None values are passed
-    through. Returns the arrays in the order given.
+    through. Returns the arrays (np.ndarray, or None where None was passed) in
+    the order given.
     """
-    arrays = {}
+    arrays: Dict[str, Any] = {}
     for name, a in named.items():
         if a is None:
             if name in required:
@@ -43,7 +46,8 @@ def as_float_arrays(required, **named):
     return list(arrays.values())
 
 
-def check_ndim(a, name, ndim, meaning):
+def check_ndim(a: np.ndarray, name: str, ndim: Union[int, str], meaning: str) -> None:
+    """a.ndim must be ndim, or at least 1 for ndim '1+'; else ValueError."""
     if ndim == "1+":
         if a.ndim < 1:
             raise ValueError(f"{name} must have at least 1 dimension {meaning}, got a 0-d array")
@@ -51,24 +55,23 @@ def check_ndim(a, name, ndim, meaning):
         raise ValueError(f"{name} must be {ndim}-D {meaning}, got shape {a.shape}")
 
 
-def check_dim(a, a_name, a_axis, size, what):
+def check_dim(a: np.ndarray, a_name: str, a_axis: int, size: int, what: str) -> None:
+    """a.shape[a_axis] must equal size (the size of ``what``); else ValueError."""
     if a.shape[a_axis] != size:
         raise ValueError(f"{a_name}.shape[{a_axis}] ({a.shape[a_axis]}) must equal {what} ({size}); "
                          f"{a_name} has shape {a.shape}")
 
 
-def rows(a, cols):
-    """The (rows, cols) C-contiguous 2-D view of a (..., cols) array; copies only if needed."""
-    return np.ascontiguousarray(a).reshape(n_rows(a.shape), cols)
+View = Tuple[np.ndarray, int, int, int]
 
 
-def as_rows(a, cols):
+def as_rows(a: np.ndarray, cols: int) -> np.ndarray:
     """The (rows, cols) 2-D form of a (..., cols) array, as a view whenever numpy can
     reshape without copying (any layout of a 2-D array is kept as it is)."""
     return a if a.ndim == 2 else a.reshape(n_rows(a.shape), cols)
 
 
-def view(a):
+def view(a: np.ndarray) -> View:
     """(buf, off, rs, cs) of a 2-D array: a flat array over its memory, and the offset,
     row stride and column stride of a in it, in elements (lingrad.kernels.engine's
     operand form: every layout, C, Fortran, strided or reversed, is read in place).
@@ -85,12 +88,12 @@ def view(a):
     return as_strided(low, shape=(span,), strides=(a.itemsize,)), -sum(neg), rs, cs
 
 
-def transposed(v):
+def transposed(v: View) -> View:
     """The view of a.T from the view of a."""
     return v[0], v[1], v[3], v[2]
 
 
-def n_rows(shape):
+def n_rows(shape: Sequence[int]) -> int:
     """Rows of the flattened batch: the product of all but the last axis (explicit, so
     that a zero-length last axis still reshapes)."""
     return math.prod(shape[:-1])
@@ -101,7 +104,9 @@ class Out:
     writes, viewed as (rows, shape[-1]) when ``as_rows``; ``done()`` returns the user's array, copying back when ``buf`` was
     a temporary (for an ``out=`` that is not C-contiguous)."""
 
-    def __init__(self, out, shape, dtype, name, inputs, accumulate=False, as_rows=True):
+    def __init__(self, out: Optional[np.ndarray], shape: Tuple[int, ...], dtype: np.dtype, name: str,
+                 inputs: Mapping[str, Optional[np.ndarray]], accumulate: bool = False,
+                 as_rows: bool = True) -> None:
         if out is None:
             if accumulate:
                 raise ValueError(f"accumulate=True needs an existing {name} buffer to add into")
@@ -128,7 +133,7 @@ class Out:
             src = np.ascontiguousarray(self.user) if accumulate else np.empty(shape, dtype)
             self.buf = src.reshape(n_rows(shape), shape[-1]) if as_rows else src
 
-    def done(self):
+    def done(self) -> np.ndarray:
         if not self.direct:
             self.user[...] = self.buf.reshape(self.user.shape)
         return self.user

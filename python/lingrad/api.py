@@ -73,7 +73,8 @@ def _gemm(plan, A, B, C, Y=None, bias=None, db=None, relu=False, partial=0):
             (plan.M, plan.K, plan.N, partial), plan.blocks, flags, plan.split)
 
 
-def linear(x, w, b=None, *, relu=False, out=None):
+def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.ArrayLike | None" = None,
+           *, relu: bool = False, out: "np.ndarray | None" = None) -> "np.ndarray":
     """y = x @ w + b (then max(y, 0) if relu).
 
     x: (..., I), w: (I, O), b: (O,) or None; all float32 or all float64.
@@ -98,8 +99,11 @@ def linear(x, w, b=None, *, relu=False, out=None):
     return y.done()
 
 
-def linear_backward(x, w, dy, *, relu_out=None, need_dx=True, need_dw=True, need_db=True,
-                    out=None, accumulate=False):
+def linear_backward(x: "np.typing.ArrayLike | None", w: "np.typing.ArrayLike | None",
+                    dy: "np.typing.ArrayLike", *, relu_out: "np.typing.ArrayLike | None" = None,
+                    need_dx: bool = True, need_dw: bool = True, need_db: bool = True,
+                    out: "tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None] | None" = None,
+                    accumulate: bool = False) -> LinearGrads:
     """Gradients of y = x @ w + b: returns LinearGrads(dx, dw, db).
 
     x: (..., I), w: (I, O), dy = dL/dy: (..., O).
@@ -116,17 +120,22 @@ def linear_backward(x, w, dy, *, relu_out=None, need_dx=True, need_dw=True, need
     return _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate)
 
 
-def input_grad(dy, w, *, relu_out=None, out=None):
+def input_grad(dy: "np.typing.ArrayLike", w: "np.typing.ArrayLike", *,
+               relu_out: "np.typing.ArrayLike | None" = None,
+               out: "np.ndarray | None" = None) -> "np.ndarray":
     """dx = dy @ w.T.  dy: (..., O), w: (I, O) -> dx: (..., I)."""
     return _backward(None, w, dy, relu_out, True, False, False, (out, None, None), False).dx
 
 
-def weight_grad(x, dy, *, relu_out=None, out=None, accumulate=False):
+def weight_grad(x: "np.typing.ArrayLike", dy: "np.typing.ArrayLike", *,
+                relu_out: "np.typing.ArrayLike | None" = None, out: "np.ndarray | None" = None,
+                accumulate: bool = False) -> "np.ndarray":
     """dw = x.T @ dy over the flattened batch.  x: (..., I), dy: (..., O) -> dw: (I, O)."""
     return _backward(x, None, dy, relu_out, False, True, False, (None, out, None), accumulate).dw
 
 
-def bias_grad(dy, *, relu_out=None, out=None, accumulate=False):
+def bias_grad(dy: "np.typing.ArrayLike", *, relu_out: "np.typing.ArrayLike | None" = None,
+              out: "np.ndarray | None" = None, accumulate: bool = False) -> "np.ndarray":
     """db = dy.sum(0) over the flattened batch.  dy: (..., O) -> db: (O,)."""
     return _backward(None, None, dy, relu_out, False, False, True, (None, None, out), accumulate).db
 

@@ -8,10 +8,13 @@ compute-bound shapes the GFLOP/s of a large BLAS GEMM, for memory-bound ones
 (I or O <= 16) the GB/s of a large array read.
 """
 import argparse
+import importlib
 import json
 import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 import lingrad
 
@@ -30,8 +33,12 @@ SHAPES = {  # name: (N, I, O)
 DEFAULT = ["lesson-1", "lesson-2", "mlp", "head", "batch-1", "batch-64"]
 OPS = ["forward", "relu", "dx", "dw", "db", "dw+db", "step"]
 
+# lingrad fn, numpy fn, torch fn or None, flops, bytes moved
+Op = Tuple[Callable[[], object], Callable[[], object], Optional[Callable[[], object]], int, int]
 
-def ops(x, w, b, dy, torch=None):
+
+def ops(x: np.ndarray, w: np.ndarray, b: np.ndarray, dy: np.ndarray,
+        torch: Any = None) -> Dict[str, Op]:
     """op name -> (lingrad fn, numpy fn, torch fn or None, flops, bytes moved)."""
     N, I = x.shape
     O = w.shape[1]
@@ -49,7 +56,7 @@ def ops(x, w, b, dy, torch=None):
                  lambda: (x @ w + b, dy @ w.T, x.T @ dy, dy.sum(0)),
                  6 * N * I * O + N * O, (3 * N * I + 3 * N * O) * it),
     }
-    t = {}
+    t: Dict[str, Callable[[], object]] = {}
     if torch is not None:
         X, W, B, DY = (torch.from_numpy(a) for a in (x, w, b, dy))
         F = torch.nn.functional
@@ -61,7 +68,7 @@ def ops(x, w, b, dy, torch=None):
     return {k: (v[0], v[1], t.get(k), v[2], v[3]) for k, v in f.items()}
 
 
-def machine_limits(threads, dtype):
+def machine_limits(threads: int, dtype: npt.DTypeLike) -> Tuple[float, float]:
     """Measured peak GFLOP/s (BLAS GEMM 2048^3) and read bandwidth GB/s (sum of 256 MB)."""
     r = np.random.default_rng(0)
     a = r.standard_normal((2048, 2048)).astype(dtype)
@@ -71,16 +78,19 @@ def machine_limits(threads, dtype):
     return 2 * 2048**3 / tg / 1e9, big.nbytes / ts / 1e9
 
 
-def run(shapes, dtypes, thread_counts, op_names, repeats, use_torch, progress=True):
-    torch = None
+def run(shapes: Sequence[str], dtypes: Sequence[str], thread_counts: Sequence[int],
+        op_names: Sequence[str], repeats: int, use_torch: bool,
+        progress: bool = True) -> List[Dict[str, Any]]:
+    """One row per (shape, dtype, threads, op): times, GFLOP/s, speedup, share of the limit."""
+    torch: Any = None
     if use_torch:
         try:
-            import torch
+            torch = importlib.import_module("torch")
         except ImportError:
             torch = None
     rows = []
     todo = [(s, d, t) for t in thread_counts for d in dtypes for s in shapes]
-    limits = {}
+    limits: Dict[Tuple[int, str], Tuple[float, float]] = {}
     for k, (name, dtype, threads) in enumerate(todo):
         N, I, O = SHAPES[name]
         if progress:
@@ -110,11 +120,11 @@ def run(shapes, dtypes, thread_counts, op_names, repeats, use_torch, progress=Tr
     return rows
 
 
-def fmt_time(s):
+def fmt_time(s: float) -> str:
     return f"{s * 1e6:8.1f}us" if s < 1e-3 else f"{s * 1e3:8.2f}ms"
 
 
-def table(rows):
+def table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = (f"{'shape':<9} {'N x I -> O':<18} {'dtype':<7} {'thr':>3} {'op':<7} {'lingrad':>10} {'GF/s':>6} "
             f"{'numpy':>10} {'GF/s':>6} {'torch':>10} {'speedup':>7} {'%peak':>6}")
     out = [head, "-" * len(head)]
@@ -127,7 +137,7 @@ def table(rows):
     return "\n".join(out)
 
 
-def plot(rows, path):
+def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -150,7 +160,7 @@ def plot(rows, path):
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lingrad bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shapes", nargs="+", default=DEFAULT, choices=list(SHAPES),

@@ -7,6 +7,7 @@ Shapes as in the lesson: x (N, 784) -> lin1 (784 -> 50) -> ReLU -> lin2 (50 -> 1
 side (interleaved, min of repeats, BLAS pinned to the same thread count).
 """
 import argparse
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -15,7 +16,12 @@ import lingrad
 from .timing import blas_threads, interleaved_min
 
 
-def numpy_step(x, w1, b1, w2, b2, t):
+Step = Tuple[np.ndarray, Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
+
+
+def numpy_step(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+               t: np.ndarray) -> Step:
+    """The lesson's step in numpy: returns (out, (dw1, db1, dw2, db2))."""
     h = np.maximum(x @ w1 + b1, 0)
     out = (h @ w2 + b2)[:, 0]
     dout = (2 * (out - t) / t.shape[0])[:, None]
@@ -23,7 +29,9 @@ def numpy_step(x, w1, b1, w2, b2, t):
     return out, (x.T @ dh, dh.sum(0), h.T @ dout, dout.sum(0))
 
 
-def lingrad_step(x, w1, b1, w2, b2, t):
+def lingrad_step(x: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+                 t: np.ndarray) -> Step:
+    """The same step through lingrad: returns (out, (dw1, db1, dw2, db2))."""
     h = lingrad.linear(x, w1, b1, relu=True)
     out = lingrad.linear(h, w2, b2)[:, 0]
     dout = (2 * (out - t) / t.shape[0])[:, None].astype(x.dtype)
@@ -32,7 +40,7 @@ def lingrad_step(x, w1, b1, w2, b2, t):
     return out, (g1.dw, g1.db, g2.dw, g2.db)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lingrad demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=50000, help="batch size (default 50000, as MNIST)")

@@ -33,8 +33,10 @@ gradient is exactly 0 do not blow it up. Kinks: a ReLU input within h of 0
 has a one-sided derivative and fails honestly; keep test inputs away from 0.
 """
 from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 
 class GradcheckError(AssertionError):
@@ -45,7 +47,7 @@ class GradcheckError(AssertionError):
 class InputCheck:
     """The check of one input's gradient."""
     name: str
-    shape: tuple
+    shape: Tuple[int, ...]
     checked: int          # elements compared (all, or a seeded random sample)
     max_abs_err: float    # max |numerical - analytic| over those elements
     scale: float          # max |gradient| over those elements (numerical or analytic)
@@ -53,7 +55,7 @@ class InputCheck:
     ok: bool
     problem: str = ""     # set when the analytic gradient is missing or has the wrong shape
 
-    def line(self):
+    def line(self) -> str:
         if self.problem:
             return f"  {self.name:<10} {str(self.shape):<14} FAIL: {self.problem}"
         return (f"  {self.name:<10} {str(self.shape):<14} {self.checked:>8} {self.max_abs_err:>12.3e} "
@@ -63,18 +65,18 @@ class InputCheck:
 @dataclass
 class GradcheckReport:
     """The result of gradcheck: one InputCheck per input; truthy when all passed."""
-    checks: list
+    checks: List[InputCheck]
     tol: float
     h: float
 
     @property
-    def ok(self):
+    def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return self.ok
 
-    def __str__(self):
+    def __str__(self) -> str:
         head = (f"gradcheck (float64 central differences, h={self.h:g}, tol={self.tol:g}): "
                 f"{'passed' if self.ok else 'FAILED'}\n"
                 f"  {'input':<10} {'shape':<14} {'checked':>8} {'max abs err':>12} {'max |grad|':>12} "
@@ -84,8 +86,11 @@ class GradcheckReport:
     __repr__ = __str__
 
 
-def gradcheck(f, inputs, backward, *, names=None, h=1e-6, tol=1e-6, max_elements=None, seed=0,
-              raise_on_failure=False):
+def gradcheck(f: Callable[..., npt.ArrayLike], inputs: Sequence[npt.ArrayLike],
+              backward: Callable[..., Sequence[Optional[npt.ArrayLike]]], *,
+              names: Optional[Sequence[str]] = None, h: float = 1e-6, tol: float = 1e-6,
+              max_elements: Optional[int] = None, seed: int = 0,
+              raise_on_failure: bool = False) -> GradcheckReport:
     """Compare backward's gradients of f with float64 central differences.
 
     f: f(*inputs) -> array (any shape; a scalar loss works too).
@@ -101,25 +106,25 @@ def gradcheck(f, inputs, backward, *, names=None, h=1e-6, tol=1e-6, max_elements
         returning a falsy report.
     Returns a GradcheckReport: print it for the table, bool() it for pass/fail.
     """
-    inputs = [np.array(a, dtype=np.float64) for a in inputs]
-    names = list(names) if names is not None else [f"input{k}" for k in range(len(inputs))]
-    if len(names) != len(inputs):
-        raise ValueError(f"{len(names)} names for {len(inputs)} inputs")
+    arrays = [np.array(a, dtype=np.float64) for a in inputs]
+    labels = list(names) if names is not None else [f"input{k}" for k in range(len(arrays))]
+    if len(labels) != len(arrays):
+        raise ValueError(f"{len(labels)} names for {len(arrays)} inputs")
     rng = np.random.default_rng(seed)
-    y = np.asarray(f(*inputs), dtype=np.float64)
+    y = np.asarray(f(*arrays), dtype=np.float64)
     v = rng.standard_normal(y.shape)
-    grads = list(backward(v.copy(), *inputs))
-    if len(grads) != len(inputs):
-        raise ValueError(f"backward returned {len(grads)} gradients for {len(inputs)} inputs")
+    grads = list(backward(v.copy(), *arrays))
+    if len(grads) != len(arrays):
+        raise ValueError(f"backward returned {len(grads)} gradients for {len(arrays)} inputs")
 
-    def loss():
-        return float(np.sum(np.asarray(f(*inputs), dtype=np.float64) * v))
+    def loss() -> float:
+        return float(np.sum(np.asarray(f(*arrays), dtype=np.float64) * v))
 
     checks = []
-    for name, a, g in zip(names, inputs, grads):
-        if g is None:
+    for name, a, grad in zip(labels, arrays, grads):
+        if grad is None:
             continue
-        g = np.asarray(g, dtype=np.float64)
+        g = np.asarray(grad, dtype=np.float64)
         if g.shape != a.shape:
             checks.append(InputCheck(name, a.shape, 0, np.inf, np.nan, np.inf, False,
                                      f"gradient has shape {g.shape}, the input {a.shape}"))
@@ -141,7 +146,7 @@ def gradcheck(f, inputs, backward, *, names=None, h=1e-6, tol=1e-6, max_elements
     return report
 
 
-def central_difference(loss, a, e, h):
+def central_difference(loss: Callable[[], float], a: np.ndarray, e: Any, h: float) -> float:
     """(loss() with a.flat[e] + h  -  loss() with a.flat[e] - h) / 2h; a.flat[e] is restored."""
     flat = a.reshape(-1)  # a view: a is a fresh contiguous float64 copy
     old = flat[e]

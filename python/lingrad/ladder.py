@@ -13,8 +13,10 @@ is extrapolated (marked *). Why each rung is faster: docs/ladder.md.
 """
 import argparse
 import time
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 import lingrad
 from lingrad.kernels import ladder as L
@@ -32,24 +34,28 @@ KB = 64
 class Rung:
     """One row of the table: a zero-argument callable, the work it does, how to check it."""
 
-    def __init__(self, label, what, threads, flops, run, check, baseline=None, rows_timed=None):
+    def __init__(self, label: str, what: str, threads: int, flops: int, run: Callable[[], object],
+                 check: Callable[[], bool], baseline: Optional[str] = None,
+                 rows_timed: Optional[Tuple[int, int]] = None) -> None:
         self.label, self.what, self.threads, self.flops = label, what, threads, flops
         self.run, self.check, self.baseline = run, check, baseline
         self.rows_timed = rows_timed  # (timed, N) when timed on a subsample of the batch
-        self.seconds = None
+        self.seconds = float("nan")  # set by check_and_time
 
     @property
-    def gflops(self):
+    def gflops(self) -> float:
         return self.flops / self.seconds / 1e9
 
 
-def within_bound(got, ref64, scale, k, dtype):
+def within_bound(got: np.ndarray, ref64: np.ndarray, scale: np.ndarray, k: int,
+                 dtype: npt.DTypeLike) -> bool:
     """True when |got - ref| <= (k + 2) * eps * scale everywhere (the tests' rounding bound)."""
     eps = np.finfo(dtype).eps
     return bool(np.all(np.abs(got.astype(np.float64) - ref64) <= (k + 2) * eps * scale + 1e-300))
 
 
-def weight_grad_rungs(x, dy, w, n_naive, T, nb=NB):
+def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int, T: int,
+                      nb: int = NB) -> List[Rung]:
     """The rows for dw = x.T @ dy (and db = dy.sum(0) from rung 6 on)."""
     N, I = x.shape
     O = dy.shape[1]
@@ -64,7 +70,7 @@ def weight_grad_rungs(x, dy, w, n_naive, T, nb=NB):
     check_small = lambda: within_bound(dw, X[:n_naive].T @ DY[:n_naive], small_scale, n_naive, dt)  # noqa: E731
     f, f_db = 2 * N * I * O, 2 * N * I * O + N * O
 
-    def unfused():
+    def unfused() -> None:
         L.dw_parallel(x, dy, dw, nb, T)
         L.db_parallel(dy, db, T)
 
@@ -91,7 +97,8 @@ def weight_grad_rungs(x, dy, w, n_naive, T, nb=NB):
     ]
 
 
-def forward_rungs(x, w, b, n_naive, T, nb=NB, kb=KB):
+def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: int,
+                  nb: int = NB, kb: int = KB) -> List[Rung]:
     """The rows for y = x @ w (and + b, ReLU from rung 6 on)."""
     N, I = x.shape
     O = w.shape[1]
@@ -104,7 +111,7 @@ def forward_rungs(x, w, b, n_naive, T, nb=NB, kb=KB):
     check_small = lambda: within_bound(y[:n_naive], X[:n_naive] @ W, scale[:n_naive], I, x.dtype)  # noqa: E731
     f, f_relu = 2 * N * I * O, 2 * N * I * O + 2 * N * O
 
-    def unfused():
+    def unfused() -> None:
         L.y_parallel(x, w, y, nb, kb)
         L.bias_relu(y, b)
 
@@ -129,7 +136,7 @@ def forward_rungs(x, w, b, n_naive, T, nb=NB, kb=KB):
     ]
 
 
-def warm(dtype, T):
+def warm(dtype: npt.DTypeLike, T: int) -> None:
     """Compile every rung once on tiny arrays (or load the on-disk cache), so no timing includes it."""
     r = np.random.default_rng(1)
     x, w, dy = (r.standard_normal(s).astype(dtype) for s in ((9, 6), (6, 5), (9, 5)))
@@ -137,7 +144,7 @@ def warm(dtype, T):
         rung.run()
 
 
-def check_and_time(title, rungs, repeats):
+def check_and_time(title: str, rungs: List[Rung], repeats: int) -> bool:
     """Check each rung's result, then time all of them interleaved; False if any check failed."""
     ok = True
     for rung in rungs:
@@ -151,7 +158,7 @@ def check_and_time(title, rungs, repeats):
     return ok
 
 
-def print_table(title, rungs):
+def print_table(title: str, rungs: Sequence[Rung]) -> None:
     by_label = {r.label: r for r in rungs}
     print(f"\n{title}")
     print(f"  {'rung':<4} {'kernel':<46} {'thr':>3} {'ms':>9} {'GFLOP/s':>8}  speedup")
@@ -173,7 +180,7 @@ def print_table(title, rungs):
         print("\n".join(notes))
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lingrad ladder", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=50000, help="batch size N (default 50000, the lesson's)")

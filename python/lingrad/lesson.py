@@ -10,13 +10,17 @@ synthetic regression task of the same shape (the output says which). Each
 step is forward_and_backward (lingrad.modules) and p -= lr * p.g.
 """
 import argparse
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
 from .modules import Model, forward_and_backward, tensor
 
 
-def digits():
+Data = Tuple[np.ndarray, np.ndarray, str]
+
+
+def digits() -> Optional[Data]:
     """(x, t, description) from scikit-learn's digits, or None when scikit-learn is absent."""
     try:
         from sklearn.datasets import load_digits
@@ -26,7 +30,7 @@ def digits():
     return d.data, d.target.astype(np.float64), "scikit-learn digits: 1797 images of 8x8 pixels, target = the digit"
 
 
-def synthetic(rng, n=1797, i=64):
+def synthetic(rng: np.random.Generator, n: int = 1797, i: int = 64) -> Data:
     """(x, t, description): a random two-layer teacher network's outputs plus noise, values about 0-9."""
     x = rng.standard_normal((n, i))
     h = np.maximum(x @ rng.standard_normal((i, 20)) / np.sqrt(i), 0)
@@ -35,7 +39,8 @@ def synthetic(rng, n=1797, i=64):
     return x, t, f"synthetic: {n} random inputs of {i} features, target = a random ReLU network's output"
 
 
-def load(kind, rng):
+def load(kind: str, rng: np.random.Generator) -> Data:
+    """(x, t, description) for --data auto, digits or synthetic."""
     if kind in ("auto", "digits"):
         got = digits()
         if got is not None:
@@ -47,20 +52,21 @@ def load(kind, rng):
     return synthetic(rng)
 
 
-def init_model(i, hidden, dtype, rng):
+def init_model(i: int, hidden: int, dtype: np.dtype, rng: np.random.Generator) -> Model:
     """Kaiming-style initial weights, as in the lesson: w1 ~ N(0, 2/I), w2 ~ N(0, 1/H), biases 0."""
     w1 = rng.standard_normal((i, hidden)) * np.sqrt(2 / i)
     w2 = rng.standard_normal((hidden, 1)) * np.sqrt(1 / hidden)
     return Model(*(a.astype(dtype) for a in (w1, np.zeros(hidden), w2, np.zeros(1))))
 
 
-def sgd_step(model, lr):
+def sgd_step(model: Model, lr: float) -> None:
     """p -= lr * p.g for every parameter, in place (the modules keep their references)."""
     for p in model.parameters():
         p -= lr * p.g
 
 
-def train_epoch(model, x, t, lr, bs, rng):
+def train_epoch(model: Model, x: np.ndarray, t: np.ndarray, lr: float, bs: int,
+                rng: np.random.Generator) -> float:
     """One pass over (x, t) in shuffled mini-batches; returns the mean of the batches' losses."""
     order = rng.permutation(len(x))
     losses = []
@@ -71,7 +77,7 @@ def train_epoch(model, x, t, lr, bs, rng):
     return float(np.mean(losses))
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m lingrad lesson", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=10)

@@ -19,7 +19,10 @@ numpy arrays cannot take new attributes, so parameters and activations are
 ``Tensor`` views: ndarrays that can carry a ``.g`` as a torch tensor does in
 the lesson. ``tensor(a)`` makes one without copying.
 """
+from typing import Any, List
+
 import numpy as np
+import numpy.typing as npt
 
 from .api import linear, linear_backward
 
@@ -27,8 +30,10 @@ from .api import linear, linear_backward
 class Tensor(np.ndarray):
     """An ndarray that can carry a gradient in ``.g`` (the lesson's torch tensors do)."""
 
+    g: np.ndarray
 
-def tensor(a):
+
+def tensor(a: npt.ArrayLike) -> Tensor:
     """``a`` itself if it is a Tensor, else a Tensor view of it (no copy for an ndarray)."""
     return a if isinstance(a, Tensor) else np.asarray(a).view(Tensor)
 
@@ -36,47 +41,49 @@ def tensor(a):
 class Module:
     """__call__ runs forward (which stores the inputs) and stores the output as ``self.out``."""
 
-    def __call__(self, *args):
+    out: Tensor
+
+    def __call__(self, *args: Any) -> Tensor:
         self.out = tensor(self.forward(*args))
         return self.out
 
-    def forward(self, *args):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError
 
-    def backward(self):
+    def backward(self) -> None:
         raise NotImplementedError
 
-    def parameters(self):
+    def parameters(self) -> List[Tensor]:
         return []
 
 
 class Lin(Module):
     """y = x @ w + b.   x (N, I), w (I, O), b (O,) -> y (N, O)."""
 
-    def __init__(self, w, b):
+    def __init__(self, w: npt.ArrayLike, b: npt.ArrayLike) -> None:
         self.w, self.b = tensor(w), tensor(b)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> np.ndarray:
         self.inp = x
         return linear(x, self.w, self.b)
 
-    def backward(self):
+    def backward(self) -> None:
         """x.g = out.g @ w.T;  w.g = x.T @ out.g;  b.g = out.g.sum(0)   (one lingrad call)."""
         g = linear_backward(self.inp, self.w, self.out.g)
         self.inp.g, self.w.g, self.b.g = g.dx, g.dw, g.db
 
-    def parameters(self):
+    def parameters(self) -> List[Tensor]:
         return [self.w, self.b]
 
 
 class Relu(Module):
     """y = max(x, 0), elementwise."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> np.ndarray:
         self.inp = x
         return np.maximum(x, 0)
 
-    def backward(self):
+    def backward(self) -> None:
         """x.g = (x > 0) * out.g: elementwise (*), since y[n, j] depends on x[n, j] only."""
         self.inp.g = (self.inp > 0) * self.out.g
 
@@ -84,11 +91,11 @@ class Relu(Module):
 class Mse(Module):
     """L = mean((x - targ)^2), a scalar.  x (N, 1) as the model's output, targ (N,) or x's shape."""
 
-    def forward(self, x, targ):
+    def forward(self, x: Tensor, targ: np.ndarray) -> Any:
         self.inp, self.targ = x, targ
         return np.mean((x - targ.reshape(x.shape)) ** 2)
 
-    def backward(self):
+    def backward(self) -> None:
         """x.g = 2 (x - targ) / x.size: every element enters the mean with weight 1 / x.size."""
         x = self.inp
         self.inp.g = (2 * (x - self.targ.reshape(x.shape)) / x.size).astype(x.dtype)
@@ -97,26 +104,27 @@ class Mse(Module):
 class Model:
     """The lesson's MLP: Lin(w1, b1) -> Relu -> Lin(w2, b2), with an Mse loss."""
 
-    def __init__(self, w1, b1, w2, b2):
-        self.layers = [Lin(w1, b1), Relu(), Lin(w2, b2)]
+    def __init__(self, w1: npt.ArrayLike, b1: npt.ArrayLike, w2: npt.ArrayLike,
+                 b2: npt.ArrayLike) -> None:
+        self.layers: List[Module] = [Lin(w1, b1), Relu(), Lin(w2, b2)]
         self.loss = Mse()
 
-    def __call__(self, x, targ):
-        x = tensor(x)
+    def __call__(self, x: npt.ArrayLike, targ: np.ndarray) -> Tensor:
+        h = tensor(x)
         for layer in self.layers:
-            x = layer(x)
-        return self.loss(x, targ)
+            h = layer(h)
+        return self.loss(h, targ)
 
-    def backward(self):
+    def backward(self) -> None:
         self.loss.backward()
         for layer in reversed(self.layers):
             layer.backward()
 
-    def parameters(self):
+    def parameters(self) -> List[Tensor]:
         return [p for layer in self.layers for p in layer.parameters()]
 
 
-def forward_and_backward(x, targ, model):
+def forward_and_backward(x: npt.ArrayLike, targ: np.ndarray, model: Model) -> Tensor:
     """One forward pass and one backward pass; returns the loss, leaves every .g set.
 
     Afterwards x.g is dL/dx when x is a Tensor, and each parameter p of the

@@ -32,7 +32,8 @@ masked: the ReLU mask is applied while A is packed; want_db: db is summed while 
 """
 
 
-def gemm(op, M, Kdim, N, itemsize, a_unit_k, masked, want_db, threads):
+def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, masked: bool,
+         want_db: bool, threads: int) -> Plan:
     """The Plan for one product (see the module docstring).
 
     a_unit_k: A's values along k are adjacent in memory (x or dy in C order), so
@@ -51,7 +52,7 @@ def gemm(op, M, Kdim, N, itemsize, a_unit_k, masked, want_db, threads):
     return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc), pack_a, True, masked, False)
 
 
-def explain(plan):
+def explain(plan: Plan) -> str:
     """The plan in words: for learners, and for anyone asking why a shape is slow."""
     mc, kc, kf = plan.blocks
     what = {"forward": "y = x @ w (+ b, ReLU in the epilogue)", "dx": "dx = d @ w.T",
@@ -73,6 +74,6 @@ def explain(plan):
     return "\n".join(lines)
 
 
-def reduction(N, O, threads):
+def reduction(N: int, O: int, threads: int) -> int:
     """Threads for db alone (engine.colsum): one per share of at least REDUCE_ROWS rows."""
     return min(threads, max(1, N // K.REDUCE_ROWS)) if N * O >= K.SERIAL_WORK else 1

@@ -19,8 +19,10 @@ import os
 import sys
 import time
 from collections import namedtuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import api
 from ._checks import FLOATS
@@ -32,9 +34,13 @@ StreamResult.__doc__ = ("Full-batch loss (a Python float) and grads: one (dw, db
 DEFAULT_MAX_BYTES = 64 * 2**20  # working memory of one chunk when chunk_rows is not given
 PROGRESS_DELAY = 1.0  # seconds a run lasts before its progress bar appears
 
+# an array (a memmap included) or the path of a .npy file
+Source = Union[npt.ArrayLike, str, "os.PathLike[str]"]
+Layer = Tuple[npt.ArrayLike, Optional[npt.ArrayLike]]
+
 
 # ---- losses: L = mean over the N*O outputs; each writes dL/dy for its chunk --------------
-def mse(y, t, scale, dy):
+def mse(y: np.ndarray, t: np.ndarray, scale: float, dy: np.ndarray) -> float:
     """L = mean((y - t)^2);  dL/dy = 2 (y - t) / (N*O).  Writes dy, returns the chunk's sum of (y - t)^2.
 
     numpy: ``((y - t) ** 2).mean()`` and ``2 * (y - t) / y.size`` over the whole batch.
@@ -45,7 +51,7 @@ def mse(y, t, scale, dy):
     return total
 
 
-def logistic(y, t, scale, dy):
+def logistic(y: np.ndarray, t: np.ndarray, scale: float, dy: np.ndarray) -> float:
     """Binary cross-entropy on logits y, targets t in [0, 1]:
     L = mean(log(1 + e^y) - t*y);  dL/dy = (sigmoid(y) - t) / (N*O).
     Writes dy, returns the chunk's sum of log(1 + e^y) - t*y.
@@ -62,12 +68,14 @@ def logistic(y, t, scale, dy):
     return total
 
 
-LOSSES = {"mse": mse, "logistic": logistic}
+LOSSES: Dict[str, Callable[[np.ndarray, np.ndarray, float, np.ndarray], float]] = {
+    "mse": mse, "logistic": logistic}
 
 
 # ---- the public function --------------------------------------------------------------
-def full_batch_grad(x, t, layers, *, loss="mse", chunk_rows=None, max_bytes=DEFAULT_MAX_BYTES,
-                    progress=None):
+def full_batch_grad(x: Source, t: Source, layers: Sequence[Layer], *, loss: str = "mse",
+                    chunk_rows: Optional[int] = None, max_bytes: int = DEFAULT_MAX_BYTES,
+                    progress: Optional[bool] = None) -> StreamResult:
     """Loss and gradients of an MLP over all N rows of x, computed chunk by chunk.
 
     Model (the lesson's MLP for two layers; linear/logistic regression for one):
@@ -91,26 +99,26 @@ def full_batch_grad(x, t, layers, *, loss="mse", chunk_rows=None, max_bytes=DEFA
         dw_k = h_{k-1}.T @ dz_k,  db_k = dz_k.sum(0),  dz_{k-1} = (dz_k @ w_k.T) * (h_{k-1} > 0)
     Memory: O(chunk_rows * (I + sum of layer widths)), independent of N.
     """
-    x, t = _open(x, "x"), _open(t, "t")
-    ws, bs = _check(x, t, layers, loss)
+    xa, ta = _open(x, "x"), _open(t, "t")  # arrays (a memmap for a path)
+    ws, bs = _check(xa, ta, layers, loss)
     dtype = ws[0].dtype
-    N, widths = x.shape[0], [w.shape[1] for w in ws]
+    N, widths = xa.shape[0], [w.shape[1] for w in ws]
     O = widths[-1]
-    rows = chunk_rows if chunk_rows is not None else _rows_for(max_bytes, x, dtype, widths)
+    rows = chunk_rows if chunk_rows is not None else _rows_for(max_bytes, xa, dtype, widths)
     if not isinstance(rows, (int, np.integer)) or rows < 1:
         raise ValueError(f"chunk_rows must be a positive int, got {rows!r}")
     rows = int(min(rows, N))
     h = [np.empty((rows, o), dtype) for o in widths]          # h[k]: output of layer k (h[-1] = y)
     dh = [np.empty((rows, o), dtype) for o in widths]         # dh[k]: dL/dh[k] (dh[-1] = dL/dy)
-    x_buf = np.empty((rows, x.shape[1]), dtype) if _needs_cast(x, dtype) else None
+    x_buf = np.empty((rows, xa.shape[1]), dtype) if _needs_cast(xa, dtype) else None
     dws = [np.zeros(w.shape, dtype) for w in ws]
     dbs = [None if b is None else np.zeros(b.shape, dtype) for b in bs]
     scale, total = 1.0 / (N * O), 0.0
     with _Progress(N, progress) as bar:
         for lo in range(0, N, rows):
             hi = min(lo + rows, N)
-            xc = _read(x, lo, hi, x_buf)
-            tc = np.asarray(t[lo:hi], dtype=dtype).reshape(hi - lo, O)
+            xc = _read(xa, lo, hi, x_buf)
+            tc = np.asarray(ta[lo:hi], dtype=dtype).reshape(hi - lo, O)
             hc, dhc = [a[:hi - lo] for a in h], [a[:hi - lo] for a in dh]
             _forward(xc, ws, bs, hc)
             total += LOSSES[loss](hc[-1], tc, scale, dhc[-1])
@@ -119,14 +127,17 @@ def full_batch_grad(x, t, layers, *, loss="mse", chunk_rows=None, max_bytes=DEFA
     return StreamResult(total * scale, list(zip(dws, dbs)))
 
 
-def _forward(x, ws, bs, h):
+def _forward(x: np.ndarray, ws: Sequence[np.ndarray], bs: Sequence[Optional[np.ndarray]],
+             h: Sequence[np.ndarray]) -> None:
     """h[k] = relu(h[k-1] @ w_k + b_k), no ReLU after the last layer; written into h."""
     a = x
     for k, (w, b) in enumerate(zip(ws, bs)):
         a = api.linear(a, w, b, relu=k < len(ws) - 1, out=h[k])
 
 
-def _backward_accumulate(x, ws, bs, h, dh, dws, dbs):
+def _backward_accumulate(x: np.ndarray, ws: Sequence[np.ndarray], bs: Sequence[Optional[np.ndarray]],
+                         h: Sequence[np.ndarray], dh: Sequence[np.ndarray], dws: Sequence[np.ndarray],
+                         dbs: Sequence[Optional[np.ndarray]]) -> None:
     """From dh[-1] = dL/dy back to the first layer: dws[k] += h[k-1].T @ dz_k, dbs[k] += dz_k.sum(0).
 
     dz_k is dh[k] masked by the ReLU (h[k] > 0), on the fly, for all but the last layer.
@@ -139,7 +150,7 @@ def _backward_accumulate(x, ws, bs, h, dh, dws, dbs):
 
 
 # ---- input handling --------------------------------------------------------------------
-def _open(a, name):
+def _open(a: Any, name: str) -> Any:
     """A .npy path becomes a read-only memmap; arrays (memmaps included) pass through."""
     if isinstance(a, (str, os.PathLike)):
         return np.load(a, mmap_mode="r")
@@ -149,12 +160,12 @@ def _open(a, name):
     return a
 
 
-def _needs_cast(x, dtype):
+def _needs_cast(x: Any, dtype: np.dtype) -> bool:
     """True when rows of x cannot be handed to the kernels as they are (another dtype or layout)."""
     return x.dtype != dtype or not getattr(x, "flags", None) or not x.flags.c_contiguous
 
 
-def _read(x, lo, hi, buf):
+def _read(x: Any, lo: int, hi: int, buf: Optional[np.ndarray]) -> np.ndarray:
     """Rows lo:hi of x: a view of the memmap, or cast into the reused buffer."""
     if buf is None:
         return np.asarray(x[lo:hi])
@@ -162,7 +173,8 @@ def _read(x, lo, hi, buf):
     return buf[:hi - lo]
 
 
-def _check(x, t, layers, loss):
+def _check(x: Any, t: Any, layers: Sequence[Layer],
+           loss: str) -> Tuple[List[np.ndarray], List[Optional[np.ndarray]]]:
     if loss not in LOSSES:
         raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
     if len(layers) == 0:
@@ -193,7 +205,7 @@ def _check(x, t, layers, loss):
     return ws, bs
 
 
-def _rows_for(max_bytes, x, dtype, widths):
+def _rows_for(max_bytes: int, x: Any, dtype: np.dtype, widths: Sequence[int]) -> int:
     """Rows whose working set fits max_bytes: the rows of x read (plus their cast to dtype
     when x has another dtype or layout), and per layer h and dh, then t."""
     per_row = x.shape[1] * np.dtype(x.dtype).itemsize
@@ -210,11 +222,11 @@ class _Progress:
     Shown only once the run has lasted ``delay`` seconds, so short calls print nothing.
     """
 
-    def __init__(self, total, enabled):
+    def __init__(self, total: int, enabled: Optional[bool]) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else bool(enabled)
         self.total, self.done, self.delay = total, 0, PROGRESS_DELAY
         self.start = self.last = time.monotonic()
-        self.tqdm = None
+        self.tqdm: Any = None
         if self.enabled:
             try:
                 from tqdm.auto import tqdm
@@ -224,7 +236,7 @@ class _Progress:
                 self.tqdm = tqdm(total=total, unit="rows", unit_scale=True, delay=self.delay,
                                  desc="lingrad.stream", file=sys.stderr)
 
-    def update(self, n):
+    def update(self, n: int) -> None:
         self.done += n
         if self.tqdm is not None:
             self.tqdm.update(n)
@@ -235,12 +247,11 @@ class _Progress:
                 print(f"\rlingrad.stream: {self.done:,}/{self.total:,} rows "
                       f"({100 * self.done / self.total:.0f}%)", end="", file=sys.stderr, flush=True)
 
-    def __enter__(self):
+    def __enter__(self) -> "_Progress":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         if self.tqdm is not None:
             self.tqdm.close()
         elif self.enabled and time.monotonic() - self.start >= self.delay:
             print(file=sys.stderr, flush=True)
-        return False

@@ -7,10 +7,10 @@ threads go to sleep before timing the next.
 """
 import contextlib
 import time
+from typing import Callable, List, Optional, Sequence
 
 
-
-def blas_threads(n):
+def blas_threads(n: int) -> contextlib.ExitStack:
     """Pin numpy's BLAS (and PyTorch, when imported) to n threads; a no-op context
     when threadpoolctl is not installed (pip install "lingrad[bench]")."""
     stack = contextlib.ExitStack()
@@ -28,7 +28,8 @@ def blas_threads(n):
     return stack
 
 
-def interleaved_min(fns, repeats=5, min_time=0.05, cooldown=None):
+def interleaved_min(fns: Sequence[Callable[[], object]], repeats: int = 5, min_time: float = 0.05,
+                    cooldown: Optional[float] = None) -> List[float]:
     """Best time of one call of each fn, running them in turn (A B C A B C ...).
 
     Each fn runs once first (warm-up: JIT compilation and caches). Then, in
