@@ -7,6 +7,7 @@ COMMANDS = {
     "bench": ("lingrad.bench", "benchmark table: lingrad vs numpy (and PyTorch) per shape, dtype, threads"),
     "ladder": ("lingrad.ladder", "the optimisation ladder: each rung's GFLOP/s on the lesson's shape"),
     "lesson": ("lingrad.lesson", "train the lesson's MLP with lingrad's modules, loss per epoch"),
+    "train": ("lingrad.train", "one SGD step of a 784-50-10 MLP: lingrad vs numpy, PyTorch, JAX per batch size"),
 }
 
 
