@@ -141,6 +141,23 @@ def test_output_fed_back_in(rng):
     assert_close(y2, ref, scale=float(np.abs(ref).max()) + 1, k=2 * (I + 1), dtype=dtype)
 
 
+def test_dx_fed_back_in(rng):
+    """backward(dy) where dy is the layer's own dx buffer (square w): a fresh dx buffer."""
+    dtype = np.float64
+    w, b = make(rng, dtype, o=I)
+    x, dy = dyadic(rng, (6, I), dtype), dyadic(rng, (6, I), dtype)
+    layer = Linear(w, b)
+    layer(x)
+    dx1 = layer.backward(dy)
+    dx1_copy = dx1.copy()
+    dx2 = layer.backward(dx1)
+    assert not np.shares_memory(dx1, dx2)
+    assert np.array_equal(dx1, dx1_copy)  # the input was not overwritten
+    ref = backward_ref(x, w, b, dx1_copy, False)
+    assert_close(dx2, ref[0], scale=float(np.abs(dx1_copy).sum(1).max()) * I + 1, k=I, dtype=dtype)
+    assert_close(layer.dw, ref[1], scale=float(np.abs(dx1_copy).max()) * 6 + 1, k=6, dtype=dtype)
+
+
 def test_two_layer_step_matches_numpy(rng, threads):
     """An MLP step through two Linear layers (as train.py runs it) against a numpy float64 step."""
     dtype = np.float32

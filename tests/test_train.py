@@ -152,13 +152,14 @@ def check_row(row):
 def test_cli_one_thread_count_in_process(tmp_path, capsys):
     path = tmp_path / "rows.json"
     argv = ["--batch", "8", "--batch", "32", "--dtypes", "float64", "--threads", "1", "--repeats", "1",
-            "--model", "20x6x4", "--json", str(path)]
+            "--model", "20x6x4", "--lingrad", "functional", "--json", str(path)]
     assert train.main(argv) == 0
     rows = read_rows(path)
     assert [(r["batch"], r["dtype"], r["threads"], r["model"]) for r in rows] == [
         (8, "float64", 1, [20, 6, 4]), (32, "float64", 1, [20, 6, 4])]
     for r in rows:
         check_row(r)
+        assert r["lingrad_impl"] == "functional"
         if len(os.sched_getaffinity(0)) > 1:
             assert len(r["cores"]) == 1  # the 1-thread run was pinned to one core
     out = capsys.readouterr().out
@@ -174,6 +175,7 @@ def test_cli_each_thread_count_in_its_own_process(tmp_path):
     assert [r["threads"] for r in rows] == [1, 2]
     for r in rows:
         check_row(r)
+        assert r["lingrad_impl"] == "layer"
         assert r["torch_s"] is None and r["jax_s"] is None
     n_cores = len(os.sched_getaffinity(0))
     assert len(rows[0]["cores"]) == 1

@@ -78,10 +78,17 @@ class Linear:
         layer's buffer. Remembers x, and y when relu, for backward()."""
         x = np.asarray(x)
         shape = x.shape[:-1] + (self.out_features,)
-        if self._y is None or self._y.shape != shape or np.may_share_memory(x, self._y):
-            # a new shape, or x is this layer's last output (fed back in): a fresh buffer
+        if self._y is None or self._y.shape != shape:
             self._y = np.empty(shape, self.w.dtype)
-        y = linear(x, self.w, self.b, relu=relu, out=self._y)
+        try:
+            y = linear(x, self.w, self.b, relu=relu, out=self._y)
+        except ValueError:
+            if not np.may_share_memory(x, self._y):
+                raise
+            # x is this layer's last output, fed back in (the API refuses an out= that
+            # overlaps an input, before writing anything): write a fresh buffer
+            self._y = np.empty(shape, self.w.dtype)
+            y = linear(x, self.w, self.b, relu=relu, out=self._y)
         self._x, self._relu_y, self._out_shape = x, (y if relu else None), shape
         return y
 
@@ -96,13 +103,20 @@ class Linear:
         if dy.shape != self._out_shape:
             raise ValueError(f"dy has shape {dy.shape}, expected {self._out_shape} "
                              f"(the shape of the last forward's output y)")
-        dx = None
-        if need_dx:
-            if (self._dx is None or self._dx.shape != self._x.shape
-                    or np.may_share_memory(dy, self._dx) or np.may_share_memory(self._x, self._dx)):
-                self._dx = np.empty(self._x.shape, self.w.dtype)
-            dx = self._dx
-        return linear_backward(self._x, self.w, dy, relu_out=self._relu_y, need_dx=need_dx,
+        if not need_dx:
+            return self._grads(dy, None)
+        if self._dx is None or self._dx.shape != self._x.shape:
+            self._dx = np.empty(self._x.shape, self.w.dtype)
+        try:
+            return self._grads(dy, self._dx)
+        except ValueError:
+            if not (np.may_share_memory(dy, self._dx) or np.may_share_memory(self._x, self._dx)):
+                raise
+            self._dx = np.empty(self._x.shape, self.w.dtype)  # dy or x is this layer's dx buffer
+            return self._grads(dy, self._dx)
+
+    def _grads(self, dy: np.ndarray, dx: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        return linear_backward(self._x, self.w, dy, relu_out=self._relu_y, need_dx=dx is not None,
                                need_db=self.b is not None, out=(dx, self.dw, self.db)).dx
 
     def step(self, lr: float) -> None:

@@ -13,9 +13,11 @@ Implementations, each timed on the same batches from the same initial parameters
   lingrad  two lingrad.Linear layers (python/lingrad/layer.py): linear(relu=True),
            linear, then linear_backward for layer 2 and linear_backward(relu_out=h,
            need_dx=False) for layer 1, all into buffers allocated once; the loss
-           gradient and the update in numpy (xent_grad, and Linear.step)
+           gradient and the update in numpy (xent_grad, and Linear.step).
+           --lingrad functional: the same calls written out, without the layer object
   numpy    the same step written plainly in numpy (the same xent_grad)
-  torch    nn.Linear -> ReLU -> nn.Linear, F.cross_entropy, autograd, torch.optim.SGD
+  torch    nn.Linear -> ReLU -> nn.Linear, F.cross_entropy, autograd, and the update
+           p -= lr * p.grad under no_grad (faster here than torch.optim.SGD's step)
   jax      the whole step (jax.value_and_grad, the update) under one jax.jit, parameters
            and batches already on the device, parameters donated to the step
 
@@ -27,7 +29,8 @@ there too), set before JAX starts its threads. "speedup" is the fastest peer's
 time over lingrad's (above 1: lingrad's step is faster than all of them).
 
 --json FILE writes a list of rows, one per (dtype, threads, batch): batch, dtype,
-threads, model ([784, 50, 10]), lr, cores (the cores the run was pinned to);
+threads, model ([784, 50, 10]), lr, lingrad_impl ("layer" or "functional"),
+cores (the cores the run was pinned to);
 lingrad_s, numpy_s, torch_s, jax_s (seconds per step; null for a peer not run);
 lingrad_samples_s, ... (samples per second = batch / seconds); speedup, peer.
 """
@@ -165,8 +168,9 @@ class NumpyStep:
 
 
 class TorchStep:
-    """nn.Linear -> ReLU -> nn.Linear, F.cross_entropy, loss.backward(), torch.optim.SGD.
-    nn.Linear keeps its weight as (O, I): w.T of ours."""
+    """nn.Linear -> ReLU -> nn.Linear, F.cross_entropy, loss.backward(), then p -= lr * p.grad
+    in place under torch.no_grad() (torch.optim.SGD's step measured 1.1-1.4x slower for the
+    whole step at 1 thread, batches 16-1024). nn.Linear keeps its weight as (O, I): w.T of ours."""
 
     def __init__(self, params, lr, torch):
         self.torch = torch
@@ -180,16 +184,19 @@ class TorchStep:
             for lin, w, b in ((self.model[0], w1, b1), (self.model[2], w2, b2)):
                 lin.weight.copy_(torch.from_numpy(w.T.copy()))
                 lin.bias.copy_(torch.from_numpy(b))
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=lr)
+        self.lr, self.parameters = lr, list(self.model.parameters())
 
     def prepare(self, x, labels):
         return self.torch.from_numpy(x), self.torch.from_numpy(labels.astype(np.int64))
 
     def __call__(self, x, labels):
-        self.opt.zero_grad(set_to_none=True)
+        for p in self.parameters:
+            p.grad = None
         loss = self.torch.nn.functional.cross_entropy(self.model(x), labels)
         loss.backward()
-        self.opt.step()
+        with self.torch.no_grad():
+            for p in self.parameters:
+                p.sub_(p.grad, alpha=self.lr)
         return loss
 
     def params(self):
@@ -232,6 +239,9 @@ class JaxStep:
         return [np.asarray(a) for a in self.p]
 
 
+LINGRAD_STEPS = {"layer": LingradStep, "functional": LingradFunctionalStep}
+
+
 def make_steps(params, lr, use_torch=True, use_jax=True, lingrad_step=LingradStep):
     """impl name -> a step object for each implementation available (torch and jax when
     installed and asked for), each starting from its own copy of ``params``."""
@@ -257,16 +267,16 @@ def cycling(step, batches):
 
 
 def run(batches, dtypes, thread_counts, model=MODEL, lr=0.01, repeats=5, use_torch=True, use_jax=True,
-        progress=True):
+        progress=True, lingrad_impl="layer"):
     """Rows for every batch size x dtype x thread count, in this process (main runs one
-    process per thread count)."""
+    process per thread count). lingrad_impl: a key of LINGRAD_STEPS."""
     rows = []
     todo = [(b, d, t) for t in thread_counts for d in dtypes for b in batches]
     for k, (batch, dtype, threads) in enumerate(todo):
         if progress:
             print(f"[{k + 1}/{len(todo)}] batch {batch} {dtype} threads={threads}", file=sys.stderr, flush=True)
         with thread_setup(threads), lingrad.num_threads(threads):
-            steps = make_steps(init_params(model, dtype), lr, use_torch, use_jax)
+            steps = make_steps(init_params(model, dtype), lr, use_torch, use_jax, LINGRAD_STEPS[lingrad_impl])
             data = make_batches(batch, model, dtype)
             cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
             with blas_threads(threads):
@@ -276,7 +286,8 @@ def run(batches, dtypes, thread_counts, model=MODEL, lr=0.01, repeats=5, use_tor
                 if not all(np.isfinite(p).all() for p in s.params()):
                     raise RuntimeError(f"{name}'s parameters are no longer finite after the timed steps")
         best = min((p for p in PEERS if p in t), key=t.get)
-        row = dict(batch=batch, dtype=dtype, threads=threads, model=list(model), lr=lr, cores=cores)
+        row = dict(batch=batch, dtype=dtype, threads=threads, model=list(model), lr=lr,
+                   lingrad_impl=lingrad_impl, cores=cores)
         for impl in IMPLS:
             row[f"{impl}_s"] = t.get(impl)
             row[f"{impl}_samples_s"] = batch / t[impl] if impl in t else None
@@ -325,6 +336,8 @@ def main(argv=None):
                    help="inputs x hidden units x classes (default 784x50x10)")
     p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
     p.add_argument("--repeats", type=int, default=5, help="interleaved repeats, min taken (default 5)")
+    p.add_argument("--lingrad", choices=list(LINGRAD_STEPS), default="layer",
+                   help="lingrad's step: through lingrad.Linear (default) or the functions directly")
     p.add_argument("--no-torch", action="store_true", help="skip PyTorch even when installed")
     p.add_argument("--no-jax", action="store_true", help="skip JAX even when installed")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON (fields above)")
@@ -336,7 +349,8 @@ def main(argv=None):
     if len(a.threads) > 1 and not a.child:
         rows = per_thread_count("train", argv, a.threads)
     else:
-        rows = run(batches, a.dtypes, a.threads, a.model, a.lr, a.repeats, not a.no_torch, not a.no_jax)
+        rows = run(batches, a.dtypes, a.threads, a.model, a.lr, a.repeats, not a.no_torch, not a.no_jax,
+                   lingrad_impl=a.lingrad)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -344,6 +358,6 @@ def main(argv=None):
         return 0
     I, H, C = a.model
     print(f"one SGD step of {I} -> {H} -> ReLU -> {C}, softmax cross-entropy, lr {a.lr}; "
-          f"fastest step of {a.repeats} interleaved repeats")
+          f"fastest step of {a.repeats} interleaved repeats; lingrad: {a.lingrad}")
     print(table(rows))
     return 0
