@@ -133,6 +133,10 @@ def xla_flags(threads):
 def thread_setup(threads):
     """Everything a run on ``threads`` threads needs in this process: XLA_FLAGS set
     (when JAX has not started yet) and the process pinned to cores_for(threads)."""
+    have = len(allowed_cores())
+    if have < threads:
+        print(f"warning: this process may run on {have} core(s), fewer than the {threads} threads "
+              f"asked for; its times are not {threads}-thread times", file=sys.stderr, flush=True)
     old = os.environ.get("XLA_FLAGS")
     if "jax" not in sys.modules:
         os.environ["XLA_FLAGS"] = xla_flags(threads)
@@ -150,14 +154,18 @@ def per_thread_count(command, argv, thread_counts):
     """Rows of ``python -m lingrad <command> <argv> --threads T`` for each T, each run in
     a fresh process (``--child``: one thread count, rows to ``--json``, no table), so
     that it pins itself and sets XLA_FLAGS before any library starts its threads.
-    argv's own --threads and --json are overridden (argparse keeps the last)."""
+    argv's own --threads and --json are overridden (argparse keeps the last). Each child
+    gets this process's NUMBA_NUM_THREADS, so its pool's size does not depend on its
+    affinity when it starts (Numba sizes the pool from it)."""
+    import numba
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(numba.config.NUMBA_NUM_THREADS))
     rows = []
     with tempfile.TemporaryDirectory(prefix="lingrad-bench-") as tmp:
         for t in thread_counts:
             path = os.path.join(tmp, f"rows-{t}.json")
             cmd = [sys.executable, "-m", "lingrad", command, *argv,
                    "--threads", str(t), "--json", path, "--child"]
-            subprocess.run(cmd, check=True)
+            subprocess.run(cmd, check=True, env=env)
             with open(path) as f:
                 rows += json.load(f)
     return rows
