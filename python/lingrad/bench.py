@@ -15,7 +15,9 @@ compute-bound shapes the GFLOP/s of a large BLAS GEMM, for memory-bound ones
 (I or O <= 16) the GB/s of a large array read.
 
 --json FILE writes a list of rows, one per (shape, dtype, threads, op):
-  shape, N, I, O, dtype, threads, op; cores (the cores the run was pinned to);
+  shape, N, I, O, dtype, threads, op; cores, cores_after (the cores the run could use
+  at its start and after its op; a row with fewer than its threads, narrowed by another
+  program, is marked "!" in the table);
   lingrad_s, numpy_s, torch_s, jax_s (seconds per call; null for a peer not run);
   lingrad_gflops, numpy_gflops, torch_gflops, jax_gflops;
   speedup (fastest peer's time / lingrad's), peer (its name);
@@ -23,14 +25,14 @@ compute-bound shapes the GFLOP/s of a large BLAS GEMM, for memory-bound ones
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
 
 import lingrad
 
-from .timing import blas_threads, interleaved_min, peer, per_thread_count, thread_setup
+from .timing import (blas_threads, current_cores, interleaved_min, peer, per_thread_count, short_of_cores,
+                     thread_setup)
 
 SHAPES = {  # name: (N, I, O)
     "lesson-1": (50000, 784, 50),
@@ -144,7 +146,7 @@ def run(shapes, dtypes, thread_counts, op_names, repeats, use_torch=True, use_ja
             r = np.random.default_rng(0)
             x, w, b, dy = (r.standard_normal(s).astype(dtype) for s in [(N, I), (I, O), (O,), (N, O)])
             jx = jax_ops(jax, x, w, b, dy) if jax is not None else {}
-            cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            cores = current_cores()
             with lingrad.num_threads(threads), blas_threads(threads):
                 for op, (fl, fn, ft, flops, nbytes) in ops(x, w, b, dy, torch).items():
                     if op not in op_names:
@@ -155,7 +157,8 @@ def run(shapes, dtypes, thread_counts, op_names, repeats, use_torch=True, use_ja
                     best = min((p for p in PEERS if p in t), key=t.get)
                     memory_bound = min(I, O) <= 16 or op == "db"
                     rate = nbytes / t["lingrad"] / 1e9 if memory_bound else flops / t["lingrad"] / 1e9
-                    row = dict(shape=name, N=N, I=I, O=O, dtype=dtype, threads=threads, op=op, cores=cores)
+                    row = dict(shape=name, N=N, I=I, O=O, dtype=dtype, threads=threads, op=op, cores=cores,
+                               cores_after=current_cores())
                     for impl in ["lingrad"] + PEERS:
                         row[f"{impl}_s"] = t.get(impl)
                         row[f"{impl}_gflops"] = flops / t[impl] / 1e9 if impl in t else None
@@ -178,9 +181,13 @@ def table(rows):
     for r in rows:
         peers = " ".join(fmt_time(r[f"{p}_s"]) if r[f"{p}_s"] else f"{'-':>10}" for p in PEERS)
         out.append(f"{r['shape']:<11} {str(r['N']) + 'x' + str(r['I']) + '->' + str(r['O']):<18} "
-                   f"{r['dtype']:<7} {r['threads']:>3} {r['op']:<7} {fmt_time(r['lingrad_s'])} "
+                   f"{r['dtype']:<7} {r['threads']:>2}{'!' if short_of_cores(r) else ' '} {r['op']:<7} "
+                   f"{fmt_time(r['lingrad_s'])} "
                    f"{r['lingrad_gflops']:6.1f} {peers} {r['speedup']:6.2f}x {r['peer']:<5} "
                    f"{r['pct_peak']:5.0f}%")
+    if any(short_of_cores(r) for r in rows):
+        out.append("! fewer cores than threads during the run (another program narrowed this process's "
+                   "affinity): not a time on that many threads")
     return "\n".join(out)
 
 

@@ -82,6 +82,19 @@ def allowed_cores():
     return list(range(os.cpu_count() or 1))
 
 
+def current_cores():
+    """This process's cores now (None where the OS has no affinity call)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+
+
+def short_of_cores(row):
+    """True when a row's run had fewer cores than threads, at its start ("cores") or its
+    end ("cores_after"): another program narrowed the affinity, and the times are not
+    times on that many threads."""
+    lists = [row.get("cores"), row.get("cores_after")]
+    return any(c is not None and len(c) < row["threads"] for c in lists)
+
+
 def cores_for(threads):
     """The cores a run on ``threads`` threads is pinned to: the first ``threads`` of
     allowed_cores(), or None (no pinning) when it asks for all of them or more."""

@@ -30,13 +30,13 @@ time over lingrad's (above 1: lingrad's step is faster than all of them).
 
 --json FILE writes a list of rows, one per (dtype, threads, batch): batch, dtype,
 threads, model ([784, 50, 10]), lr, lingrad_impl ("layer" or "functional"),
-cores (the cores the run was pinned to);
+cores, cores_after (the cores the run could use at its start and end; a row with
+fewer than its threads, narrowed by another program, is marked "!" in the table);
 lingrad_s, numpy_s, torch_s, jax_s (seconds per step; null for a peer not run);
 lingrad_samples_s, ... (samples per second = batch / seconds); speedup, peer.
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -44,7 +44,8 @@ import numpy as np
 import lingrad
 
 from .layer import Linear
-from .timing import blas_threads, interleaved_min, peer, per_thread_count, thread_setup
+from .timing import (blas_threads, current_cores, interleaved_min, peer, per_thread_count, short_of_cores,
+                     thread_setup)
 
 BATCHES = [16, 64, 256, 1024]
 MODEL = (784, 50, 10)  # inputs, hidden units, classes
@@ -278,16 +279,17 @@ def run(batches, dtypes, thread_counts, model=MODEL, lr=0.01, repeats=5, use_tor
         with thread_setup(threads), lingrad.num_threads(threads):
             steps = make_steps(init_params(model, dtype), lr, use_torch, use_jax, LINGRAD_STEPS[lingrad_impl])
             data = make_batches(batch, model, dtype)
-            cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            cores = current_cores()
             with blas_threads(threads):
                 calls = [cycling(s, [s.prepare(x, y) for x, y in data]) for s in steps.values()]
                 t = dict(zip(steps, interleaved_min(calls, repeats=repeats)))
+            cores_after = current_cores()
             for name, s in steps.items():
                 if not all(np.isfinite(p).all() for p in s.params()):
                     raise RuntimeError(f"{name}'s parameters are no longer finite after the timed steps")
         best = min((p for p in PEERS if p in t), key=t.get)
         row = dict(batch=batch, dtype=dtype, threads=threads, model=list(model), lr=lr,
-                   lingrad_impl=lingrad_impl, cores=cores)
+                   lingrad_impl=lingrad_impl, cores=cores, cores_after=cores_after)
         for impl in IMPLS:
             row[f"{impl}_s"] = t.get(impl)
             row[f"{impl}_samples_s"] = batch / t[impl] if impl in t else None
@@ -306,9 +308,13 @@ def table(rows):
     out = [f"{'':<18}  {'us per step':^39}  {'samples per second':^23}", head, "-" * len(head)]
     for r in rows:
         times = " ".join(fmt_us(r[f"{i}_s"]) for i in IMPLS)
-        out.append(f"{r['dtype']:<7} {r['threads']:>3} {r['batch']:>5}  {times}  "
+        mark = "!" if short_of_cores(r) else " "
+        out.append(f"{r['dtype']:<7} {r['threads']:>2}{mark} {r['batch']:>5}  {times}  "
                    f"{r['lingrad_samples_s']:11,.0f} {r[r['peer'] + '_samples_s']:11,.0f}  "
                    f"{r['speedup']:6.2f}x {r['peer']:<5}")
+    if any(short_of_cores(r) for r in rows):
+        out.append("! fewer cores than threads during the run (another program narrowed this process's "
+                   "affinity): not a time on that many threads")
     return "\n".join(out)
 
 
