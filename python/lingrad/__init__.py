@@ -4,6 +4,9 @@
     dx, dw, db = lingrad.linear_backward(x, w, dy)
     # dx = dy @ w.T     dw = x.T @ dy     db = dy.sum(0)
 
+    layer = lingrad.Linear(w, b)                 # for training loops: buffers allocated once
+    y = layer(x, relu=True); dx = layer.backward(dy); layer.step(lr)
+
 lingrad.dask (optional extra "lingrad[dask]") is imported on its own: import lingrad.dask
 """
 from . import kernels, reference
@@ -11,6 +14,7 @@ from . import stream
 from . import compile as _compile  # noqa: F401  (registers the first-compile notice)
 from .api import LinearGrads, bias_grad, input_grad, linear, linear_backward, weight_grad
 from .gradcheck import gradcheck
+from .layer import Linear
 from .threads import get_num_threads, num_threads, set_num_threads
 
 __version__ = "0.1.0"
@@ -18,5 +22,5 @@ __version__ = "0.1.0"
 __all__ = [
     "linear", "linear_backward", "input_grad", "weight_grad", "bias_grad", "LinearGrads",
     "set_num_threads", "get_num_threads", "num_threads", "reference", "kernels",
-    "gradcheck", "stream",
+    "gradcheck", "stream", "Linear",
 ]

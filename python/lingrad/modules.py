@@ -12,8 +12,12 @@ module after it) and sets ``.g`` on its input and its parameters:
     Relu:  y = max(x, 0)     x.g = (x > 0) * y.g
     Mse:   L = mean((x - t)^2)    x.g = 2 (x - t) / x.size
 
-Lin runs lingrad.linear and lingrad.linear_backward (the kernels in
-kernels/forward.py and kernels/backward.py); docs/derivation.md derives each line.
+Lin runs a lingrad.Linear layer (lingrad.linear and lingrad.linear_backward,
+the kernels in kernels/forward.py and kernels/backward.py); docs/derivation.md
+derives each line. Like torch's ``.grad``, a Lin's outputs and gradients live in
+buffers that the layer reuses: ``w.g`` and ``b.g`` are the same arrays after every
+backward, and the module's output and its input's ``.g`` are overwritten by the
+next call on a batch of the same shape.
 
 numpy arrays cannot take new attributes, so parameters and activations are
 ``Tensor`` views: ndarrays that can carry a ``.g`` as a torch tensor does in
@@ -24,7 +28,7 @@ from typing import Any, List
 import numpy as np
 import numpy.typing as npt
 
-from .api import linear, linear_backward
+from .layer import Linear
 
 
 class Tensor(np.ndarray):
@@ -62,15 +66,16 @@ class Lin(Module):
 
     def __init__(self, w: npt.ArrayLike, b: npt.ArrayLike) -> None:
         self.w, self.b = tensor(w), tensor(b)
+        self.layer = Linear(self.w, self.b)  # holds w and b themselves: updating them updates the layer
 
     def forward(self, x: Tensor) -> np.ndarray:
         self.inp = x
-        return linear(x, self.w, self.b)
+        return self.layer(x)
 
     def backward(self) -> None:
         """x.g = out.g @ w.T;  w.g = x.T @ out.g;  b.g = out.g.sum(0)   (one lingrad call)."""
-        g = linear_backward(self.inp, self.w, self.out.g)
-        self.inp.g, self.w.g, self.b.g = g.dx, g.dw, g.db
+        self.inp.g = self.layer.backward(self.out.g)
+        self.w.g, self.b.g = self.layer.dw, self.layer.db
 
     def parameters(self) -> List[Tensor]:
         return [self.w, self.b]
