@@ -23,6 +23,9 @@ from .config import JIT, MR, NV, PJIT, VECTOR_BYTES
 from .micro import micro
 
 
+WHOLE, IN_PLACE, BLOCK = 0, 1, 2  # how B is read: packed whole once, in place, packed per block
+
+
 @njit(**JIT)
 def lanes(a):
     """NR, the micro-kernel's columns for a's dtype: NV vectors of VECTOR_BYTES."""
@@ -81,7 +84,15 @@ def pack_b(B, k0, kc, n0, nc, ldp, dst):
     for p0 in range(0, nc, nr):
         base = (p0 // nr) * ldp
         cols = min(nr, nc - p0)
-        if B[3] <= B[2]:  # rows of B contiguous (w): along p
+        if B[3] == 1:  # rows of B contiguous (x, w): a copy of each row's piece
+            for k in range(kc):
+                src = B[0][B[1] + (k0 + k) * B[2] + n0 + p0:][:cols]
+                out = dst[base + k * nr: base + (k + 1) * nr]
+                for p in range(cols):
+                    out[p] = src[p]
+                for p in range(cols, nr):
+                    out[p] = 0.0
+        elif B[3] <= B[2]:
             for k in range(kc):
                 src = B[1] + (k0 + k) * B[2] + (n0 + p0) * B[3]
                 for p in range(nr):
@@ -120,12 +131,13 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     """C[m0:m1] (+)= A[m0:m1, k0:k1] @ B[k0:k1] (+ bias) (then ReLU): one thread's share.
 
     dims = (m0, m1, k0, k1, N); blocks = (MC, KC, KF);
-    flags = (pack, masked, b_packed, relu, want_db).
+    flags = (pack, masked, bmode, relu, want_db).
     A (M x K) is a view, read in place by the micro-kernel or, with pack,
     packed MC x KC at a time into ap (with the ReLU mask Y, and db, applied
-    there). B (K x N) is either packed whole in bp (b_packed, then k0 is 0 and
-    k1 is K) or a view with unit column stride read in place, its last partial
-    panel packed into bp per KC block. C = (buf, off, ldc), row-major, of A's
+    there). B (K x N) is, by bmode: WHOLE, packed whole in bp (then k0 is 0 and
+    k1 is K); IN_PLACE, a view with unit column stride read in place, its last
+    partial panel packed into bp per KC block; BLOCK, packed into bp per KC
+    block (a KC x N panel set, for a B whose rows are far apart). C = (buf, off, ldc), row-major, of A's
     dtype or float64: a float64 C gets the sums of KF terms at a time. The
     first k block overwrites C (never read), later ones add; the bias and ReLU
     are applied on the last, in registers.
@@ -133,16 +145,16 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     """
     m0, m1, k0, k1, N = dims
     MC, KC, KF = blocks
-    pack, masked, b_packed, relu, want_db = flags
+    pack, masked, bmode, relu, want_db = flags
     nr = lanes(ap)
     abuf = ap if pack else A[0]
     cbuf, coff, ldc = C
-    full_n = N - N % nr  # columns in whole panels of an in-place B
+    p0 = 0 if bmode == BLOCK else N - N % nr  # B's columns from p0 on are packed per block
     for pc in range(k0, max(k1, k0 + 1), KC):  # an empty k range still writes C = bias
         kc = min(KC, k1 - pc)
         last = pc + KC >= k1
-        if not b_packed and full_n < N:
-            pack_b(B, pc, kc, full_n, N - full_n, kc * nr, bp)
+        if bmode != WHOLE and p0 < N:
+            pack_b(B, pc, kc, p0, N - p0, kc * nr, bp)
         for ic in range(m0, m1, MC):
             mc = min(MC, m1 - ic)
             if pack:
@@ -161,15 +173,15 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                         dk = (min(KF, kc - kq), m, n)
                         fl = (pc > k0 or kq > 0, end and bias.size > 0, relu and end)
                         a_at = ao + kq * acs
-                        if b_packed:
+                        if bmode == WHOLE:
                             micro(abuf, bp, cbuf, bias, (a_at, ars, acs, (jr // nr) * k1 * nr
                                                          + (pc + kq) * nr, nr, co, ldc, jr), dk, fl)
-                        elif jr < full_n:
+                        elif jr < p0:
                             micro(abuf, B[0], cbuf, bias, (a_at, ars, acs, B[1] + (pc + kq) * B[2]
                                                            + jr, B[2], co, ldc, jr), dk, fl)
                         else:
-                            micro(abuf, bp, cbuf, bias, (a_at, ars, acs, kq * nr, nr, co, ldc, jr),
-                                  dk, fl)
+                            micro(abuf, bp, cbuf, bias, (a_at, ars, acs, (jr - p0) // nr * kc * nr
+                                                         + kq * nr, nr, co, ldc, jr), dk, fl)
 
 
 @njit(**JIT)
@@ -180,10 +192,11 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     depends on the block sizes only."""
     M, K, N, R = dims
     MC, KC, KF = blocks
-    pack, masked, b_packed, relu, want_db = flags
-    kc = min(KC, max(K, 1))
+    pack, masked, bmode, relu, want_db = flags
+    kc, nr = min(KC, max(K, 1)), lanes(bp)
     ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)
-    edge = bp if b_packed or N % lanes(bp) == 0 else np.empty(kc * lanes(bp), bp.dtype)
+    cols = -(-N // nr) * nr if bmode == BLOCK else (nr if N % nr else 0)
+    edge = bp if bmode == WHOLE else np.empty(kc * cols, bp.dtype)
     if split == 0:
         rows, ks, coff = (t * M // T, (t + 1) * M // T), (0, K), C[1]
     else:

@@ -23,13 +23,18 @@ are arguments (nb rows of the batch per block, kb slice of the summed axis of
 the forward), so the tests can use odd ones and the CLI can experiment; see
 docs/ladder.md for why each rung is faster and python -m lingrad ladder to time
 them. These are study kernels: lingrad.linear / lingrad.weight_grad run the
-production kernels in forward.py and backward.py.
+production engine in engine.py (docs/ladder.md).
 """
 import numpy as np
 from numba import njit, prange
 
 from .config import JIT, PJIT
-from .forward import relu
+
+
+@njit(**JIT)
+def relu(v):
+    """max(v, 0) with NaN propagated, as numpy's np.maximum(v, 0)."""
+    return v if (v > 0 or v != v) else 0.0
 
 
 # ---- rung 1: the formula's loops ---------------------------------------------

@@ -239,15 +239,3 @@ def test_python_threads_at_once(rng):
         for got in pool.map(call, range(32)):
             for a, e in zip(got, want):
                 np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (1, 1), (17, 33), (784, 50), (50, 784)], ids=str)
-@pytest.mark.parametrize("kind", LAYOUTS)
-def test_transpose_kernels(rng, dtype, shape, kind):
-    """The transposed copy of w (serial and parallel, whole and partial 16 x 16 tiles) is exact."""
-    a = layout(rng.standard_normal(shape).astype(dtype), kind)
-    for fn in (lingrad.kernels.transpose_rows, lingrad.kernels.transpose):
-        out = np.full(shape[::-1], np.nan, dtype)
-        fn(a, out)
-        np.testing.assert_array_equal(out, a.T)

@@ -62,13 +62,13 @@ def _gemm(plan, A, B, C, Y=None, bias=None, db=None, relu=False, partial=0):
     E = K.engine
     dtype = A[0].dtype
     bp = np.empty(0, dtype)
-    if plan.pack_b:  # all of B, once: the same panels serve every row block and thread
+    if plan.b_mode == E.WHOLE:  # all of B, once: the same panels serve every row block and thread
         nr = E.lanes(bp)
         bp = np.empty(-(-plan.N // nr) * nr * plan.K, dtype)
         _launch(E.pack_whole_b, E.pack_whole_b_serial, plan.threads, B, plan.K, plan.N, bp)
     bias = np.empty(0, C[0].dtype) if bias is None else bias
     db = np.empty((plan.threads, 0)) if db is None else db
-    flags = (plan.pack_a, plan.masked, plan.pack_b, bool(relu), plan.want_db)
+    flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db)
     _launch(E.gemm, E.gemm_serial, plan.threads, A, B, C, A if Y is None else Y, bias, db, bp,
             (plan.M, plan.K, plan.N, partial), plan.blocks, flags, plan.split)
 

@@ -1,0 +1,101 @@
+"""The micro-kernel's contract (kernels/micro.py), checked directly, and its assembly.
+
+C[:m, :n] := beta * C + A @ B (+ bias) (ReLU), for every edge m <= MR, n <= NR, any
+strides of A, float32 or float64, and a float64 C for float32 data. The assembly
+check reads the compiled k loop: MR * NV vector FMAs, NV loads of B, MR broadcasts
+of A, and no store (the accumulators stay in registers).
+"""
+import re
+
+import numpy as np
+import pytest
+from numba import njit
+
+from lingrad.kernels import MR, NV, VECTOR_BYTES
+from lingrad.kernels.micro import micro
+
+
+@njit
+def tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags)
+
+
+def lanes(dtype):
+    return NV * VECTOR_BYTES // np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype,cdtype", [(np.float32, np.float32), (np.float64, np.float64),
+                                          (np.float32, np.float64)], ids=["f32", "f64", "f32->f64"])
+@pytest.mark.parametrize("m", [1, MR - 1, MR])
+@pytest.mark.parametrize("n_off", [0, 1, -1], ids=["n=NR", "n=NR-1", "n=1"])
+@pytest.mark.parametrize("a_layout", ["rows", "cols"])
+def test_contract(dtype, cdtype, m, n_off, a_layout):
+    rng = np.random.default_rng(7)
+    nr = lanes(dtype)
+    n = {0: nr, 1: nr - 1, -1: 1}[n_off]
+    kc = 37
+    a = rng.standard_normal((MR, kc)).astype(dtype)
+    abuf = np.ascontiguousarray(a if a_layout == "rows" else a.T).reshape(-1)
+    rsa, csa = (kc, 1) if a_layout == "rows" else (1, MR)
+    b = rng.standard_normal((kc, nr)).astype(dtype)
+    bias = rng.standard_normal(nr + 3).astype(cdtype)
+    ldc = nr + 5
+    want = a[:m].astype(np.float64) @ b[:, :n].astype(np.float64)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    # beta False: C is never read (NaN there would show), only C[:m, :n] is written
+    c = np.full((MR + 1, ldc), np.nan, cdtype)
+    tile(abuf, b.reshape(-1), c.reshape(-1), bias, (0, rsa, csa, 0, nr, ldc, ldc, 0),
+         (kc, m, n), (False, False, False))
+    np.testing.assert_allclose(c[1:m + 1, :n], want, rtol=tol, atol=tol * kc)
+    assert np.isnan(c[0]).all() and np.isnan(c[m + 1:]).all() and np.isnan(c[:, n:]).all()
+    # beta True adds; the bias (from offset 3) and the ReLU are applied before the store
+    c[1:m + 1, :n] = 1
+    tile(abuf, b.reshape(-1), c.reshape(-1), bias, (0, rsa, csa, 0, nr, ldc, ldc, 3),
+         (kc, m, n), (True, True, True))
+    expect = np.maximum(want + 1 + bias[3:3 + n], 0)
+    np.testing.assert_allclose(c[1:m + 1, :n], expect, rtol=tol, atol=tol * kc)
+    assert c.dtype == cdtype
+
+
+def test_relu_keeps_nan_and_empty_sum_writes_bias():
+    nr = lanes(np.float32)
+    a = np.zeros(MR, np.float32)
+    b = np.zeros(nr, np.float32)
+    bias = np.full(nr, -1.0, np.float32)
+    bias[0] = np.nan
+    c = np.full((MR, nr), 5.0, np.float32)
+    tile(a, b, c.reshape(-1), bias, (0, 1, MR, 0, nr, 0, nr, 0), (0, MR, nr), (False, True, True))
+    assert np.isnan(c[:, 0]).all() and (c[:, 1:] == 0).all()
+
+
+def loop_body(asm):
+    """The instructions of the innermost loop holding the FMAs: from the label the
+    loop's backward branch jumps to, to that branch."""
+    lines = [ln.strip() for ln in asm.splitlines()]
+    labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.?L\w+:$", ln)}
+    best = None
+    for i, ln in enumerate(lines):
+        jump = re.match(r"^j\w+\s+(\.?L\w+)$", ln)
+        if jump and jump.group(1) in labels and labels[jump.group(1)] < i:
+            body = lines[labels[jump.group(1)] + 1:i]
+            if any("vfmadd" in x for x in body) and (best is None or len(body) < len(best)):
+                best = body
+    return best
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_k_loop_keeps_the_block_in_registers(dtype):
+    nr = lanes(dtype)
+    a, b, c = (np.zeros(s, dtype) for s in (MR * 4, nr * 4, MR * nr))
+    tile(a, b, c, c, (0, 4, 1, 0, nr, 0, nr, 0), (4, MR, nr), (False, False, False))
+    asm = tile.inspect_asm(tile.signatures[0])
+    body = loop_body(asm)
+    assert body is not None, "no loop with FMAs found in the micro-kernel's assembly"
+    unroll = sum("vfmadd" in x for x in body) // (MR * NV)
+    assert unroll >= 1 and sum("vfmadd" in x for x in body) == unroll * MR * NV, body
+    stores = [x for x in body if re.match(r"^v?mov\w*\s+%[xyz]mm\d+, .*\(", x)]
+    assert not stores, f"stores inside the k loop: {stores}"
+    broadcasts = [x for x in body if "vbroadcast" in x or "{1to" in x]
+    assert len(broadcasts) == unroll * MR, body
+    loads = [x for x in body if re.match(r"^vmov[au]p[sd]\s+-?\w*\(", x)]
+    assert len(loads) == unroll * NV, body
