@@ -27,7 +27,7 @@ import argparse
 import importlib
 import json
 import sys
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -52,7 +52,7 @@ OPS = ["forward", "relu", "dx", "dw", "db", "dw+db", "step"]
 PEERS = ["numpy", "torch", "jax"]
 
 
-def parse_shape(text):
+def parse_shape(text: str) -> Tuple[int, int, int]:
     """'NxIxO' -> (N, I, O), each a positive int (for --shape)."""
     parts = text.lower().split("x")
     try:
@@ -64,7 +64,7 @@ def parse_shape(text):
     return dims
 
 
-def shape_dims(name):
+def shape_dims(name: str) -> Tuple[int, int, int]:
     """(N, I, O) of a named shape, or of an 'NxIxO' one."""
     return SHAPES[name] if name in SHAPES else parse_shape(name)
 
@@ -103,7 +103,8 @@ def ops(x: np.ndarray, w: np.ndarray, b: np.ndarray, dy: np.ndarray,
     return {k: (v[0], v[1], t.get(k), v[2], v[3]) for k, v in f.items()}
 
 
-def jax_ops(jax, x, w, b, dy):
+def jax_ops(jax: Any, x: np.ndarray, w: np.ndarray, b: np.ndarray,
+            dy: np.ndarray) -> Dict[str, Callable[[], Any]]:
     """op name -> a call of the op as a jax.jit-compiled function on device arrays,
     returning once the result is ready; the ops of ``ops`` (same formulas)."""
     X, W, B, DY = (jax.device_put(a) for a in (x, w, b, dy))
@@ -117,13 +118,13 @@ def jax_ops(jax, x, w, b, dy):
         "step": (lambda x, w, b, dy: (x @ w + b, dy @ w.T, x.T @ dy, dy.sum(0)), X, W, B, DY),
     }
 
-    def call(fn, args):
+    def call(fn: Callable[..., Any], args: Sequence[Any]) -> Callable[[], Any]:
         jf = jax.jit(fn)
         return lambda: jax.block_until_ready(jf(*args))
     return {k: call(fn, args) for k, (fn, *args) in f.items()}
 
 
-def machine_limits(threads, dtype):
+def machine_limits(threads: int, dtype: npt.DTypeLike) -> Tuple[float, float]:
     """Measured peak GFLOP/s (BLAS GEMM 2048^3) and read bandwidth GB/s (sum of 256 MB)."""
     r = np.random.default_rng(0)
     a = r.standard_normal((2048, 2048)).astype(dtype)
@@ -133,7 +134,9 @@ def machine_limits(threads, dtype):
     return 2 * 2048**3 / tg / 1e9, big.nbytes / ts / 1e9
 
 
-def run(shapes, dtypes, thread_counts, op_names, repeats, use_torch=True, use_jax=True, progress=True):
+def run(shapes: Sequence[str], dtypes: Sequence[str], thread_counts: Sequence[int],
+        op_names: Collection[str], repeats: int, use_torch: bool = True, use_jax: bool = True,
+        progress: bool = True) -> List[Dict[str, Any]]:
     """Rows for every shape x dtype x thread count x op, in this process (see main for
     one process per thread count). shapes: names of SHAPES or 'NxIxO' strings."""
     torch = peer("torch") if use_torch else None
@@ -161,7 +164,7 @@ def run(shapes, dtypes, thread_counts, op_names, repeats, use_torch=True, use_ja
                     impls = {"lingrad": fl, "numpy": fn, "torch": ft, "jax": jx.get(op)}
                     impls = {n: f for n, f in impls.items() if f is not None}
                     t = dict(zip(impls, interleaved_min(list(impls.values()), repeats=repeats)))
-                    best = min((p for p in PEERS if p in t), key=t.get)
+                    best = min((p for p in PEERS if p in t), key=t.__getitem__)
                     memory_bound = min(I, O) <= 16 or op == "db"
                     rate = nbytes / t["lingrad"] / 1e9 if memory_bound else flops / t["lingrad"] / 1e9
                     row = dict(shape=name, N=N, I=I, O=O, dtype=dtype, threads=threads, op=op, cores=cores,
@@ -181,7 +184,7 @@ def fmt_time(s: float) -> str:
     return f"{s * 1e6:8.1f}us" if s < 1e-3 else f"{s * 1e3:8.2f}ms"
 
 
-def table(rows):
+def table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = (f"{'shape':<11} {'N x I -> O':<18} {'dtype':<7} {'thr':>3} {'op':<7} {'lingrad':>10} {'GF/s':>6} "
             f"{'numpy':>10} {'torch':>10} {'jax':>10} {'speedup':>7} {'vs':<5} {'%peak':>6}")
     out = [head, "-" * len(head)]
@@ -221,7 +224,7 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m lingrad bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

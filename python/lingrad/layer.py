@@ -25,7 +25,7 @@ it. w and b are used as given, not copied: step() updates them in place. A
 layer remembers only its last forward call, so use one Linear per place in the
 network.
 """
-from typing import Optional
+from typing import Literal, Optional, Tuple, overload
 
 import numpy as np
 
@@ -56,10 +56,14 @@ class Linear:
                 raise ValueError(f"b has shape {b.shape}, expected (w.shape[1],) = {(w.shape[1],)}")
         self.w, self.b = w, b
         self.dw = np.zeros(w.shape, w.dtype)
-        self.db = None if b is None else np.zeros(b.shape, b.dtype)
-        self._y = self._dx = None  # output buffers, reallocated when the batch shape changes
-        self._x = self._relu_y = None  # what the backward needs from the last forward
-        self._out_shape = None
+        self.db: Optional[np.ndarray] = None if b is None else np.zeros(b.shape, b.dtype)
+        # output buffers, reallocated when the batch shape changes
+        self._y: Optional[np.ndarray] = None
+        self._dx: Optional[np.ndarray] = None
+        # what the backward needs from the last forward
+        self._x: Optional[np.ndarray] = None
+        self._relu_y: Optional[np.ndarray] = None
+        self._out_shape: Optional[Tuple[int, ...]] = None
 
     @property
     def in_features(self) -> int:
@@ -92,6 +96,12 @@ class Linear:
         self._x, self._relu_y, self._out_shape = x, (y if relu else None), shape
         return y
 
+    @overload
+    def backward(self, dy: np.ndarray, need_dx: Literal[True] = ...) -> np.ndarray: ...
+
+    @overload
+    def backward(self, dy: np.ndarray, need_dx: bool) -> Optional[np.ndarray]: ...
+
     def backward(self, dy: np.ndarray, need_dx: bool = True) -> Optional[np.ndarray]:
         """From dy = d(loss)/dy (the shape of the last forward's y): sets self.dw and
         self.db, and returns dx = d(loss)/dx (x's shape, the layer's buffer), or None
@@ -123,4 +133,5 @@ class Linear:
         """One SGD step in place: w -= lr * dw, b -= lr * db."""
         self.w -= lr * self.dw
         if self.b is not None:
+            assert self.db is not None  # allocated with b, in __init__
             self.b -= lr * self.db

@@ -75,6 +75,7 @@ class Lin(Module):
     def backward(self) -> None:
         """x.g = out.g @ w.T;  w.g = x.T @ out.g;  b.g = out.g.sum(0)   (one lingrad call)."""
         self.inp.g = self.layer.backward(self.out.g)
+        assert self.layer.db is not None  # a Lin always has a bias
         self.w.g, self.b.g = self.layer.dw, self.layer.db
 
     def parameters(self) -> List[Tensor]:

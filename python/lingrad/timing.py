@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
 COOLDOWN = 0.15  # s of sleep before each timed block (see interleaved_min)
 
@@ -76,19 +76,19 @@ def interleaved_min(fns: Sequence[Callable[[], object]], repeats: int = 5, min_t
     return best
 
 
-def allowed_cores():
+def allowed_cores() -> List[int]:
     """The cores this process may run on (all of os.cpu_count() where affinity is not supported)."""
     if hasattr(os, "sched_getaffinity"):
         return sorted(os.sched_getaffinity(0))
     return list(range(os.cpu_count() or 1))
 
 
-def current_cores():
+def current_cores() -> Optional[List[int]]:
     """This process's cores now (None where the OS has no affinity call)."""
     return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 
 
-def short_of_cores(row):
+def short_of_cores(row: Mapping[str, Any]) -> bool:
     """True when a row's run had fewer cores than threads, at its start ("cores") or its
     end ("cores_after"): another program narrowed the affinity, and the times are not
     times on that many threads."""
@@ -96,14 +96,14 @@ def short_of_cores(row):
     return any(c is not None and len(c) < row["threads"] for c in lists)
 
 
-def cores_for(threads):
+def cores_for(threads: int) -> Optional[List[int]]:
     """The cores a run on ``threads`` threads is pinned to: the first ``threads`` of
     allowed_cores(), or None (no pinning) when it asks for all of them or more."""
     cores = allowed_cores()
     return None if threads >= len(cores) else cores[:threads]
 
 
-def _set_affinity_all(cores):
+def _set_affinity_all(cores: Iterable[int]) -> None:
     """Set the affinity of every thread of this process; threads started later inherit
     their parent thread's mask. Linux lists the threads in /proc/self/task."""
     try:
@@ -118,7 +118,7 @@ def _set_affinity_all(cores):
 
 
 @contextlib.contextmanager
-def pinned(cores):
+def pinned(cores: Optional[Iterable[int]]) -> Iterator[None]:
     """Run the block with every thread of this process (BLAS's, OpenMP's, XLA's,
     and those started inside) on ``cores``; restore the previous mask after.
     A no-op for cores=None or where the OS has no affinity call."""
@@ -133,7 +133,7 @@ def pinned(cores):
         _set_affinity_all(old)
 
 
-def xla_flags(threads):
+def xla_flags(threads: int) -> str:
     """XLA_FLAGS for a run on ``threads`` threads: at 1 thread, XLA's CPU backend is
     told not to split a matmul across its Eigen pool. Read once, when JAX starts its
     backend; the pool's size follows the process's affinity at that moment."""
@@ -144,7 +144,7 @@ def xla_flags(threads):
 
 
 @contextlib.contextmanager
-def thread_setup(threads):
+def thread_setup(threads: int) -> Iterator[None]:
     """Everything a run on ``threads`` threads needs in this process: XLA_FLAGS set
     (when JAX has not started yet) and the process pinned to cores_for(threads)."""
     have = len(allowed_cores())
@@ -164,7 +164,8 @@ def thread_setup(threads):
             os.environ["XLA_FLAGS"] = old
 
 
-def per_thread_count(command, argv, thread_counts):
+def per_thread_count(command: str, argv: Sequence[str],
+                     thread_counts: Iterable[int]) -> List[Dict[str, Any]]:
     """Rows of ``python -m lingrad <command> <argv> --threads T`` for each T, each run in
     a fresh process (``--child``: one thread count, rows to ``--json``, no table), so
     that it pins itself and sets XLA_FLAGS before any library starts its threads.
@@ -185,7 +186,7 @@ def per_thread_count(command, argv, thread_counts):
     return rows
 
 
-def peer(name):
+def peer(name: str) -> Any:
     """The optional peer library ``name`` ("torch" or "jax"), or None when it is not
     installed. JAX gets 64-bit types switched on, so float64 arrays stay float64."""
     try:

@@ -38,8 +38,10 @@ lingrad_samples_s, ... (samples per second = batch / seconds); speedup, peer.
 import argparse
 import json
 import sys
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 import lingrad
 
@@ -54,7 +56,7 @@ PEERS = IMPLS[1:]
 N_BATCHES = 4  # batches each implementation cycles through
 
 
-def init_params(model, dtype, seed=0):
+def init_params(model: Sequence[int], dtype: npt.DTypeLike, seed: int = 0) -> List[np.ndarray]:
     """[w1, b1, w2, b2]: Kaiming-style weights (w1 ~ N(0, 2/I), w2 ~ N(0, 1/H)), biases 0."""
     I, H, C = model
     r = np.random.default_rng(seed)
@@ -63,14 +65,15 @@ def init_params(model, dtype, seed=0):
     return [a.astype(dtype) for a in (w1, np.zeros(H), w2, np.zeros(C))]
 
 
-def make_batches(batch, model, dtype, n=N_BATCHES, seed=1):
+def make_batches(batch: int, model: Sequence[int], dtype: npt.DTypeLike, n: int = N_BATCHES,
+                 seed: int = 1) -> List[Tuple[np.ndarray, np.ndarray]]:
     """n MNIST-shaped random batches: (x (batch, I) uniform in [0, 1), labels (batch,) int64 in 0..C-1)."""
     I, _, C = model
     r = np.random.default_rng(seed)
     return [(r.random((batch, I)).astype(dtype), r.integers(0, C, batch)) for _ in range(n)]
 
 
-def xent_grad(z, labels):
+def xent_grad(z: np.ndarray, labels: np.ndarray) -> Tuple[np.floating, np.ndarray]:
     """(loss, dz) of the mean cross-entropy of softmax(z): z (B, C), labels (B,) ints.
 
     loss = mean_n (logsumexp(z[n]) - z[n, labels[n]]);  dz = (softmax(z) - onehot(labels)) / B.
@@ -91,14 +94,14 @@ def xent_grad(z, labels):
 class LingradStep:
     """The step on two lingrad.Linear layers (their buffers are allocated on the first step)."""
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Sequence[np.ndarray], lr: float) -> None:
         w1, b1, w2, b2 = (p.copy() for p in params)
         self.l1, self.l2, self.lr = Linear(w1, b1), Linear(w2, b2), lr
 
-    def prepare(self, x, labels):
+    def prepare(self, x: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return x, labels
 
-    def __call__(self, x, labels):
+    def __call__(self, x: np.ndarray, labels: np.ndarray) -> np.floating:
         h = self.l1(x, relu=True)
         z = self.l2(h)
         loss, dz = xent_grad(z, labels)
@@ -108,7 +111,7 @@ class LingradStep:
         self.l2.step(self.lr)
         return loss
 
-    def params(self):
+    def params(self) -> List[Optional[np.ndarray]]:
         return [self.l1.w, self.l1.b, self.l2.w, self.l2.b]
 
 
@@ -116,15 +119,15 @@ class LingradFunctionalStep:
     """LingradStep spelled out with lingrad.linear / lingrad.linear_backward and out= buffers,
     what Linear does inside (kept to measure the layer object's cost: docs/performance.md)."""
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Sequence[np.ndarray], lr: float) -> None:
         self.p, self.lr = [p.copy() for p in params], lr
         self.g = [np.empty_like(p) for p in self.p]
-        self.buf = {}
+        self.buf: Dict[str, Any] = {}
 
-    def prepare(self, x, labels):
+    def prepare(self, x: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return x, labels
 
-    def __call__(self, x, labels):
+    def __call__(self, x: np.ndarray, labels: np.ndarray) -> np.floating:
         w1, b1, w2, b2 = self.p
         dw1, db1, dw2, db2 = self.g
         B = x.shape[0]
@@ -140,20 +143,20 @@ class LingradFunctionalStep:
             p -= self.lr * g
         return loss
 
-    def params(self):
+    def params(self) -> List[np.ndarray]:
         return self.p
 
 
 class NumpyStep:
     """The step written plainly in numpy."""
 
-    def __init__(self, params, lr):
+    def __init__(self, params: Sequence[np.ndarray], lr: float) -> None:
         self.p, self.lr = [p.copy() for p in params], lr
 
-    def prepare(self, x, labels):
+    def prepare(self, x: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         return x, labels
 
-    def __call__(self, x, labels):
+    def __call__(self, x: np.ndarray, labels: np.ndarray) -> np.floating:
         w1, b1, w2, b2 = self.p
         h = np.maximum(x @ w1 + b1, 0)
         z = h @ w2 + b2
@@ -164,7 +167,7 @@ class NumpyStep:
             p -= self.lr * g
         return loss
 
-    def params(self):
+    def params(self) -> List[np.ndarray]:
         return self.p
 
 
@@ -173,7 +176,7 @@ class TorchStep:
     in place under torch.no_grad() (torch.optim.SGD's step measured 1.1-1.4x slower for the
     whole step at 1 thread, batches 16-1024). nn.Linear keeps its weight as (O, I): w.T of ours."""
 
-    def __init__(self, params, lr, torch):
+    def __init__(self, params: Sequence[np.ndarray], lr: float, torch: Any) -> None:
         self.torch = torch
         w1, b1, w2, b2 = params
         I, H = w1.shape
@@ -187,10 +190,10 @@ class TorchStep:
                 lin.bias.copy_(torch.from_numpy(b))
         self.lr, self.parameters = lr, list(self.model.parameters())
 
-    def prepare(self, x, labels):
+    def prepare(self, x: np.ndarray, labels: np.ndarray) -> Tuple[Any, Any]:
         return self.torch.from_numpy(x), self.torch.from_numpy(labels.astype(np.int64))
 
-    def __call__(self, x, labels):
+    def __call__(self, x: Any, labels: Any) -> Any:
         for p in self.parameters:
             p.grad = None
         loss = self.torch.nn.functional.cross_entropy(self.model(x), labels)
@@ -200,7 +203,7 @@ class TorchStep:
                 p.sub_(p.grad, alpha=self.lr)
         return loss
 
-    def params(self):
+    def params(self) -> List[np.ndarray]:
         m = self.model
         return [m[0].weight.detach().numpy().T, m[0].bias.detach().numpy(),
                 m[2].weight.detach().numpy().T, m[2].bias.detach().numpy()]
@@ -210,40 +213,43 @@ class JaxStep:
     """The whole step under one jax.jit: value_and_grad of the loss, then p - lr * dp;
     the parameters live on the device and are donated to the step (updated in place)."""
 
-    def __init__(self, params, lr, jax):
+    def __init__(self, params: Sequence[np.ndarray], lr: float, jax: Any) -> None:
         self.jax = jax
         jnp = jax.numpy
 
-        def loss_fn(p, x, labels):
+        def loss_fn(p: Sequence[Any], x: Any, labels: Any) -> Any:
             w1, b1, w2, b2 = p
             h = jnp.maximum(x @ w1 + b1, 0)
             z = h @ w2 + b2
             logp = jax.nn.log_softmax(z)
             return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
 
-        def step(p, x, labels):
+        def step(p: Sequence[Any], x: Any, labels: Any) -> Tuple[List[Any], Any]:
             loss, g = jax.value_and_grad(loss_fn)(p, x, labels)
             return [a - lr * da for a, da in zip(p, g)], loss
 
         self._step = jax.jit(step, donate_argnums=0)
         self.p = [jax.device_put(a) for a in params]
 
-    def prepare(self, x, labels):
+    def prepare(self, x: np.ndarray, labels: np.ndarray) -> Tuple[Any, Any]:
         return self.jax.device_put(x), self.jax.device_put(labels.astype(np.int32))
 
-    def __call__(self, x, labels):
+    def __call__(self, x: Any, labels: Any) -> Any:
         self.p, loss = self._step(self.p, x, labels)
         self.jax.block_until_ready(self.p)
         return loss
 
-    def params(self):
+    def params(self) -> List[np.ndarray]:
         return [np.asarray(a) for a in self.p]
 
 
-LINGRAD_STEPS = {"layer": LingradStep, "functional": LingradFunctionalStep}
+# (params, lr) -> a lingrad step: LingradStep or LingradFunctionalStep
+StepFactory = Callable[[Sequence[np.ndarray], float], Any]
+LINGRAD_STEPS: Dict[str, StepFactory] = {"layer": LingradStep, "functional": LingradFunctionalStep}
 
 
-def make_steps(params, lr, use_torch=True, use_jax=True, lingrad_step=LingradStep):
+def make_steps(params: Sequence[np.ndarray], lr: float, use_torch: bool = True,
+               use_jax: bool = True, lingrad_step: StepFactory = LingradStep) -> Dict[str, Any]:
     """impl name -> a step object for each implementation available (torch and jax when
     installed and asked for), each starting from its own copy of ``params``."""
     steps = {"lingrad": lingrad_step(params, lr), "numpy": NumpyStep(params, lr)}
@@ -256,19 +262,21 @@ def make_steps(params, lr, use_torch=True, use_jax=True, lingrad_step=LingradSte
     return steps
 
 
-def cycling(step, batches):
+def cycling(step: Callable[..., Any], batches: Sequence[Sequence[Any]]) -> Callable[[], Any]:
     """A no-argument call of ``step`` that takes the next of ``batches`` each time."""
     state = {"k": 0}
 
-    def call():
+    def call() -> Any:
         k = state["k"]
         state["k"] = (k + 1) % len(batches)
         return step(*batches[k])
     return call
 
 
-def run(batches, dtypes, thread_counts, model=MODEL, lr=0.01, repeats=5, use_torch=True, use_jax=True,
-        progress=True, lingrad_impl="layer"):
+def run(batches: Sequence[int], dtypes: Sequence[str], thread_counts: Sequence[int],
+        model: Sequence[int] = MODEL, lr: float = 0.01, repeats: int = 5, use_torch: bool = True,
+        use_jax: bool = True, progress: bool = True,
+        lingrad_impl: str = "layer") -> List[Dict[str, Any]]:
     """Rows for every batch size x dtype x thread count, in this process (main runs one
     process per thread count). lingrad_impl: a key of LINGRAD_STEPS."""
     rows = []
@@ -287,7 +295,7 @@ def run(batches, dtypes, thread_counts, model=MODEL, lr=0.01, repeats=5, use_tor
             for name, s in steps.items():
                 if not all(np.isfinite(p).all() for p in s.params()):
                     raise RuntimeError(f"{name}'s parameters are no longer finite after the timed steps")
-        best = min((p for p in PEERS if p in t), key=t.get)
+        best = min((p for p in PEERS if p in t), key=t.__getitem__)
         row = dict(batch=batch, dtype=dtype, threads=threads, model=list(model), lr=lr,
                    lingrad_impl=lingrad_impl, cores=cores, cores_after=cores_after)
         for impl in IMPLS:
@@ -298,11 +306,11 @@ def run(batches, dtypes, thread_counts, model=MODEL, lr=0.01, repeats=5, use_tor
     return rows
 
 
-def fmt_us(s):
+def fmt_us(s: Optional[float]) -> str:
     return f"{s * 1e6:9.1f}" if s is not None else f"{'-':>9}"
 
 
-def table(rows):
+def table(rows: Sequence[Mapping[str, Any]]) -> str:
     head = (f"{'dtype':<7} {'thr':>3} {'batch':>5}  {'lingrad':>9} {'numpy':>9} {'torch':>9} {'jax':>9}  "
             f"{'lingrad':>11} {'best peer':>11}  {'speedup':>7} {'vs':<5}")
     out = [f"{'':<18}  {'us per step':^39}  {'samples per second':^23}", head, "-" * len(head)]
@@ -318,7 +326,7 @@ def table(rows):
     return "\n".join(out)
 
 
-def parse_model(text):
+def parse_model(text: str) -> Tuple[int, int, int]:
     """'IxHxC' -> (I, H, C), three positive ints (for --model)."""
     try:
         dims = tuple(int(v) for v in text.lower().split("x"))
@@ -329,7 +337,7 @@ def parse_model(text):
     return dims
 
 
-def main(argv=None):
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     p = argparse.ArgumentParser(prog="python -m lingrad train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
