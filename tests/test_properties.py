@@ -183,7 +183,7 @@ def parallel_problems(draw):
     (N * I * O >= SERIAL_WORK) and at least two blocks of NB rows to split between threads."""
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     I, O = draw(st.integers(16, 48)), draw(st.integers(16, 48))
-    least = max(2 * lingrad.kernels.NB, -(-lingrad.kernels.SERIAL_WORK // (I * O)))
+    least = max(2 * lingrad.kernels.MR, -(-lingrad.kernels.SERIAL_WORK // (I * O)))
     N = draw(st.integers(least, least + 500))
     batch = draw(st.sampled_from([(N,), (2, -(-N // 2))]))
     return dtype, batch, I, O, draw(st.integers(0, 2**32 - 1))

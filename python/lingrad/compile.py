@@ -35,8 +35,9 @@ KERNELS = "lingrad.kernels."
 NOT_NOTICED = ("lingrad.kernels.ladder",)
 
 # Shapes chosen to reach every path of the plan: (N, I, O) for x (N, I), w (I, O).
-# Which kernel a call runs depends on the thresholds in kernels/config.py; as of
-# this writing (SERIAL_WORK = 2**16 multiply-adds, SMALL_N = 16, NB = 64, NN_K = 128).
+# Which kernels a call runs depends on lingrad.plan (serial below SERIAL_WORK
+# multiply-adds, packed or in-place operands, db alone); the engine compiles one
+# copy per dtype of each, whatever the layout.
 # tests/test_compile.py checks that once these are warm, calls on other shapes, layouts
 # and options compile nothing (at 1 thread; at all threads with LINGRAD_RUN_SLOW=1).
 WARM_SHAPES: Tuple[Tuple[int, int, int], ...] = (
@@ -65,7 +66,10 @@ def is_kernel(dispatcher: Any) -> bool:
 def data_dtype(arg_types: Sequence[Any]) -> Optional[np.dtype]:
     """The data dtype of a kernel signature: its narrowest float array type. (A float32
     call also passes float64 partial sums; a float64 call passes no float32 array.)"""
-    floats = [t.dtype for t in arg_types
+    flat: List[Any] = []
+    for t in arg_types:  # the engine's operand views are tuples holding an array
+        flat.extend(t.types if isinstance(t, types.BaseTuple) else [t])
+    floats = [t.dtype for t in flat
               if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)]
     if not floats:
         return None
