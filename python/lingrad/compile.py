@@ -68,7 +68,8 @@ def data_dtype(arg_types: Sequence[Any]) -> Optional[np.dtype]:
     call also passes float64 partial sums; a float64 call passes no float32 array.)"""
     flat: List[Any] = []
     for t in arg_types:  # the engine's operand views are tuples holding an array
-        flat.extend(t.types if isinstance(t, types.BaseTuple) else [t])
+        is_tuple = isinstance(t, types.BaseTuple)  # type: ignore[attr-defined]
+        flat.extend(t.types if is_tuple else [t])
     floats = [t.dtype for t in flat
               if isinstance(t, types.Array) and isinstance(t.dtype, types.Float)]
     if not floats:
