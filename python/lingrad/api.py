@@ -52,23 +52,27 @@ def _launch(parallel, serial, threads, *args):
         return parallel(*args, threads)
 
 
-def _gemm(plan, A, B, C, Y=None, bias=None, db=None, relu=False, partial=0):
+_EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((1, 0), t)) for t in (np.float32, np.float64)}
+
+
+def _gemm(plan, A, B, C, Y=None, bias=None, db=None, relu=False, partial=0, accumulate=False):
     """Run one product as planned: C = A @ B (plan.M x plan.K times plan.K x plan.N).
 
     A, B, Y: operand views; C = (flat buffer, offset, row stride); bias: (N,) or
     None; db: (threads, M) float64 partials when the plan sums db; partial: the
-    size of each thread's partial C when the plan splits the summed axis.
+    size of each thread's partial C when the plan splits the summed axis;
+    accumulate: C += A @ B.
     """
     E = K.engine
     dtype = A[0].dtype
-    bp = np.empty(0, dtype)
+    bp = _EMPTY[dtype][0]
     if plan.b_mode == E.WHOLE:  # all of B, once: the same panels serve every row block and thread
         nr = E.lanes(bp)
         bp = np.empty(-(-plan.N // nr) * nr * plan.K, dtype)
         _launch(E.pack_whole_b, E.pack_whole_b_serial, plan.threads, B, plan.K, plan.N, bp)
-    bias = np.empty(0, C[0].dtype) if bias is None else bias
-    db = np.empty((plan.threads, 0)) if db is None else db
-    flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db)
+    bias = _EMPTY[C[0].dtype][0] if bias is None else bias
+    db = _EMPTY[np.dtype(np.float64)][1] if db is None else db
+    flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db, bool(accumulate))
     _launch(E.gemm, E.gemm_serial, plan.threads, A, B, C, A if Y is None else Y, bias, db, bp,
             (plan.M, plan.K, plan.N, partial), plan.blocks, flags, plan.split)
 
@@ -93,9 +97,11 @@ def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.Arr
     x2 = as_rows(x, I)
     N = x2.shape[0]
     X = view(x2)
-    plan = P.gemm("forward", N, I, O, x.itemsize, X[3] == 1, False, False, numba.get_num_threads())
+    W = view(w)
+    plan = P.gemm("forward", N, I, O, x.itemsize, X[3] == 1, W[3] == 1, False, False,
+                  P.threads(N * I * O))
     bias = None if b is None else np.ascontiguousarray(b)
-    _gemm(plan, X, view(w), (y.buf.reshape(-1), 0, O), bias=bias, relu=relu)
+    _gemm(plan, X, W, (y.buf.reshape(-1), 0, O), bias=bias, relu=relu)
     return y.done()
 
 
@@ -189,22 +195,33 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
     masked = relu_out is not None
     D = view(d2)
     Y = view(as_rows(relu_out, O)) if masked else D
-    threads = numba.get_num_threads()
+    threads = P.threads(N * O * (I if need_dx or need_dw else 1))
     if need_dx:
-        plan = P.gemm("dx", N, O, I, dtype.itemsize, D[3] == 1, masked, False, threads)
-        _gemm(plan, D, transposed(view(w)), (dx.buf.reshape(-1), 0, I), Y)
+        WT = transposed(view(w))
+        plan = P.gemm("dx", N, O, I, dtype.itemsize, D[3] == 1, WT[3] == 1, masked, False, threads)
+        _gemm(plan, D, WT, (dx.buf.reshape(-1), 0, I), Y)
+    db_acc = None
     if need_dw:
         x2 = as_rows(x, I)
-        if x2.strides[1] != x2.itemsize:  # dw reads x in place along I
-            x2 = np.ascontiguousarray(x2)
-        plan = P.gemm("dw", O, N, I, dtype.itemsize, True, masked, need_db, threads)
-        acc = np.empty((plan.threads, I * O))
-        db_acc = np.zeros((plan.threads, O if need_db else 0))
-        _gemm(plan, transposed(D), view(x2), (acc.reshape(-1), 0, I), transposed(Y), db=db_acc,
-              partial=I * O)
-        _launch(K.engine.merge, K.engine.merge_serial, plan.threads, acc, dw.buf, True,
-                bool(accumulate))
-    elif need_db:
+        XT = transposed(view(x2))
+        plan = P.gemm("dw", I, N, O, dtype.itemsize, XT[3] == 1, D[3] == 1, masked, need_db, threads)
+        if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials, db summed while packing d.T
+            if x2.strides[1] != x2.itemsize:  # x is read in place along I
+                x2 = np.ascontiguousarray(x2)
+            acc = np.empty((plan.threads, I * O))
+            db_acc = np.zeros((plan.threads, O if need_db else 0))
+            _gemm(plan, transposed(D), view(x2), (acc.reshape(-1), 0, I), transposed(Y), db=db_acc,
+                  partial=I * O)
+            _launch(K.engine.merge, K.engine.merge_serial, plan.threads, acc, dw.buf, True,
+                    bool(accumulate))
+        elif plan.scratch:  # dw = x.T @ d, float64 sums, rounded once
+            acc = np.empty((1, I * O))
+            _gemm(plan, XT, D, (acc.reshape(-1), 0, O), Y)
+            _launch(K.engine.merge, K.engine.merge_serial, plan.threads, acc, dw.buf, False,
+                    bool(accumulate))
+        else:  # dw = x.T @ d, written in place
+            _gemm(plan, XT, D, (dw.buf.reshape(-1), 0, O), Y, accumulate=accumulate)
+    if need_db and db_acc is None:
         T = P.reduction(N, O, threads)
         db_acc = np.zeros((T, O))
         _launch(K.engine.colsum, K.engine.colsum_serial, T, D, Y, masked, N, db_acc)

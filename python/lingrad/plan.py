@@ -16,44 +16,73 @@ The three products, as C (M x N) = A (M x K) @ B (K x N):
     dw        dw.T   d.T    x     the batch (K)      d.T (with the mask; db summed there);
                                                      x is read in place
 """
+import functools
 from collections import namedtuple
+
+import numba
 
 from . import kernels as K
 
 Plan = namedtuple("Plan", ["op", "M", "K", "N", "threads", "split", "blocks", "pack_a", "b_mode",
-                           "masked", "want_db"])
+                           "masked", "want_db", "swap", "scratch"])
 Plan.__doc__ = """How one product runs.
 
-op: "forward", "dx" or "dw"; M, K, N: C = A (M x K) @ B (K x N);
+op: "forward", "dx" or "dw"; M, K, N: C = A (M x K) @ B (K x N), as the engine runs it;
 threads: 1 runs the serial kernel; split: 0 rows of C, 1 the summed axis (per-thread partials);
 blocks: (MC, KC, KF) rows of A and values of k per block, and terms per float64 flush;
 pack_a: A is packed (else read in place); b_mode: how B is read (engine.WHOLE: packed whole,
 once; IN_PLACE: read where it is; BLOCK: packed KC rows at a time);
-masked: the ReLU mask is applied while A is packed; want_db: db is summed while A is packed.
+masked: the operand the ReLU mask is applied to while it is packed (0 none, engine.MASK_A
+or engine.MASK_B); want_db: db is summed while A is packed;
+swap: dw runs as dw.T = d.T @ x (else dw = x.T @ d); scratch: C is float64 scratch, added
+into the output afterwards (engine.merge).
 """
 
 
-def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, masked: bool,
-         want_db: bool, threads: int) -> Plan:
-    """The Plan for one product (see the module docstring).
+def threads(work: int) -> int:
+    """The thread count a call of ``work`` multiply-adds may use: 1 below SERIAL_WORK
+    (without asking Numba, which costs about 0.7 us a call), else the count in force."""
+    return 1 if work < K.SERIAL_WORK else numba.get_num_threads()
+
+
+@functools.lru_cache(maxsize=1024)
+def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_unit_n: bool,
+         masked: bool, want_db: bool, threads: int) -> Plan:
+    """The Plan for one product, given as C (M x Kdim) @ (Kdim x N) in the layer's terms:
+    forward x @ w, dx d @ w.T, dw x.T @ d (see the module docstring).
 
     a_unit_k: A's values along k are adjacent in memory (x or dy in C order), so
-    the micro-kernel can read A in place. threads: the thread count in force.
+    the micro-kernel can read A in place; b_unit_n: B's rows are contiguous (w, or d),
+    so full panels of B can be read in place. threads: the thread count in force.
+    Plans are cached by their arguments (all plain values; a Plan is immutable), so a
+    training loop's repeated shapes cost a dictionary lookup.
     """
     work = M * Kdim * N
-    if op == "dw":
-        # the batch is split: each thread needs a long enough share to amortise its partial
+    E = K.engine
+    kc = max(1, Kdim) if Kdim <= K.KC_MAX else K.KC_BLOCK
+    if op == "dw" and Kdim > K.DW_DIRECT_ROWS:
+        # a long batch is split over threads, each into its own float64 partial of dw.T:
+        # dw.T = d.T @ x, d.T packed with the mask (db summed there), x read in place along I
         T = min(threads, max(1, Kdim // K.KC_DW)) if work >= K.SERIAL_WORK else 1
         kf = K.KF if itemsize < 8 else K.KC_DW
-        # x read in place, but packed per block when its rows are a multiple of 4 KiB apart
-        # (they would all fall in the same L1 sets: 2048^3 dw 0.36x -> 0.55x numpy)
-        b_mode = K.engine.BLOCK if (N * itemsize) % 4096 == 0 else K.engine.IN_PLACE
-        return Plan(op, M, Kdim, N, T, 1, (K.MC_DW, K.KC_DW, kf), True, b_mode, masked, want_db)
+        # x packed per block when its rows are a multiple of 4 KiB apart
+        # (they would all fall in the same L1 sets: 2048^3 dw 0.36x -> 0.55x numpy, Zen 3)
+        b_mode = E.BLOCK if (M * itemsize) % 4096 == 0 else E.IN_PLACE
+        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), True, b_mode,
+                    E.MASK_A if masked else 0, want_db, True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
+    if op == "dw":
+        # a short batch: dw = x.T @ d with x.T and d read in place, rows of dw over threads;
+        # float32 sums longer than KF terms go through float64 scratch
+        scratch = itemsize < 8 and Kdim > K.KF
+        b_mode = E.IN_PLACE if b_unit_n and not masked else E.BLOCK
+        return Plan(op, M, Kdim, N, T, 0, (K.MC, kc, K.KF if scratch else kc), False, b_mode,
+                    E.MASK_B if masked else 0, False, False, scratch)
     pack_a = masked or not a_unit_k
-    kc = max(1, Kdim) if Kdim <= K.KC_MAX else K.KC_BLOCK
     mc = K.MC_PACKED if pack_a else K.MC
-    return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc), pack_a, K.engine.WHOLE, masked, False)
+    b_mode = E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE
+    return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc), pack_a, b_mode, E.MASK_A if masked else 0,
+                False, False, False)
 
 
 def explain(plan: Plan) -> str:
@@ -80,6 +109,7 @@ def explain(plan: Plan) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=1024)
 def reduction(N: int, O: int, threads: int) -> int:
     """Threads for db alone (engine.colsum): one per share of at least REDUCE_ROWS rows."""
     return min(threads, max(1, N // K.REDUCE_ROWS)) if N * O >= K.SERIAL_WORK else 1
