@@ -123,13 +123,13 @@ def pack_panels(B, K, N, dst, t, T):
 def pack_whole_b(B, K, N, dst, T):
     """All of B packed into dst on T threads, each owning its own panels (race-free)."""
     for t in prange(T):
-        pack_panels(B, K, N, dst, t, T)
+        pack_panels(B, K, N, dst, np.int64(t), T)
 
 
 @njit(**JIT)
 def pack_whole_b_serial(B, K, N, dst, T):
     """pack_whole_b on the calling thread."""
-    pack_panels(B, K, N, dst, 0, 1)
+    pack_panels(B, K, N, dst, T - 1, T)  # T is 1: an int64 t, as prange's (one compiled copy)
 
 
 @njit(**JIT)
@@ -142,8 +142,8 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     packed MC x KC at a time into ap (with db summed there, and the ReLU mask
     Y applied when masked is MASK_A). With masked MASK_B the mask applies to B
     instead, which is then packed per block. B (K x N) is, by bmode: WHOLE, packed whole in bp (then k0 is 0 and
-    k1 is K); IN_PLACE, a view with unit column stride read in place, its last
-    partial panel packed into bp per KC block; BLOCK, packed into bp per KC
+    k1 is K); IN_PLACE, a view with unit column stride read in place (the
+    micro-kernel reads no lane past the last column); BLOCK, packed into bp per KC
     block (a KC x N panel set, for a B whose rows are far apart or masked). C = (buf, off, ldc),
     row-major, of A's dtype or float64: a float64 C gets the sums of KF terms at a time.
     The first k block overwrites C (never read) unless accumulate, later ones add;
@@ -156,7 +156,7 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     nr = lanes(ap)
     abuf = ap if pack else A[0]
     cbuf, coff, ldc = C
-    p0 = 0 if bmode == BLOCK else N - N % nr  # B's columns from p0 on are packed per block
+    p0 = 0 if bmode == BLOCK else N  # B's columns from p0 on are packed per block
     for pc in range(k0, max(k1, k0 + 1), KC):  # an empty k range still writes C = bias
         kc = min(KC, k1 - pc)
         last = pc + KC >= k1
@@ -179,16 +179,15 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                         end = last and kq + KF >= kc
                         dk = (min(KF, kc - kq), m, n)
                         fl = (accumulate or pc > k0 or kq > 0, end and bias.size > 0, relu and end)
-                        a_at = ao + kq * acs
                         if bmode == WHOLE:
-                            micro(abuf, bp, cbuf, bias, (a_at, ars, acs, (jr // nr) * k1 * nr
-                                                         + (pc + kq) * nr, nr, co, ldc, jr), dk, fl)
+                            bbuf, b_at, ldb = bp, (jr // nr) * k1 * nr + (pc + kq) * nr, nr
                         elif jr < p0:
-                            micro(abuf, B[0], cbuf, bias, (a_at, ars, acs, B[1] + (pc + kq) * B[2]
-                                                           + jr, B[2], co, ldc, jr), dk, fl)
+                            bbuf, b_at, ldb = B[0], B[1] + (pc + kq) * B[2] + jr, B[2]
                         else:
-                            micro(abuf, bp, cbuf, bias, (a_at, ars, acs, (jr - p0) // nr * kc * nr
-                                                         + kq * nr, nr, co, ldc, jr), dk, fl)
+                            bbuf, b_at, ldb = bp, (jr - p0) // nr * kc * nr + kq * nr, nr
+                        # one call site: one inlined copy of the micro-kernel to compile
+                        micro(abuf, bbuf, cbuf, bias, (ao + kq * acs, ars, acs, b_at, ldb, co, ldc,
+                                                       jr), dk, fl)
 
 
 @njit(**JIT)
@@ -202,7 +201,7 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     pack, masked, bmode, relu, want_db, accumulate = flags
     kc, nr = min(KC, max(K, 1)), lanes(bp)
     ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)
-    cols = -(-N // nr) * nr if bmode == BLOCK else (nr if N % nr else 0)
+    cols = -(-N // nr) * nr if bmode == BLOCK else 0
     edge = bp if bmode == WHOLE else np.empty(kc * cols, bp.dtype)
     if split == 0:
         rows, ks, coff = (t * M // T, (t + 1) * M // T), (0, K), C[1]
@@ -220,13 +219,13 @@ def gemm(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     partials over the summed axis, added up afterwards by merge_*).
     """
     for t in prange(T):
-        gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T)
+        gemm_task(np.int64(t), A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T)
 
 
 @njit(**JIT)
 def gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     """gemm on the calling thread (T is 1), for work too small to start threads for."""
-    gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
+    gemm_task(T - 1, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T)  # T is 1
 
 
 @njit(**JIT)
@@ -250,13 +249,13 @@ def merge_part(acc, out, transposed, accumulate, t, T):
 def merge(acc, out, transposed, accumulate, T):
     """merge_part on T threads, each owning a contiguous range of out's rows (race-free)."""
     for t in prange(T):
-        merge_part(acc, out, transposed, accumulate, t, T)
+        merge_part(acc, out, transposed, accumulate, np.int64(t), T)
 
 
 @njit(**JIT)
 def merge_serial(acc, out, transposed, accumulate, T):
     """merge on the calling thread."""
-    merge_part(acc, out, transposed, accumulate, 0, 1)
+    merge_part(acc, out, transposed, accumulate, T - 1, T)  # T is 1
 
 
 @njit(**JIT)

@@ -6,8 +6,8 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
     for 0 <= r < m <= MR and 0 <= p < n <= NR = NV * (VECTOR_BYTES / itemsize)
 
     A[r, k] = a[ia + r * rsa + k * csa]   any strides: one scalar per (r, k), broadcast
-    B[k, p] = b[ib + k * ldb + p]         NR contiguous lanes per k, all of them readable
-                                          (a packed micro-panel, zero-padded past n)
+    B[k, p] = b[ib + k * ldb + p]         contiguous lanes per k: a packed micro-panel, or
+                                          B read in place; lanes p >= n are never read
     C[r, p] = c[ic + r * ldc + p]         row-major, unit column stride
     bias[p] = bias[ibias + p]             read only when use_bias
 
@@ -17,8 +17,10 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 - With beta False C is never read (BLIS's beta = 0).
 - C may be float64 while A and B are float32: the block is converted once,
   after the k loop, and added in float64.
-- Rows r >= m read row 0 of A (valid memory) and are never stored; lanes
-  p >= n are computed from B's padding and never stored (masked stores).
+- Rows r >= m read row 0 of A (valid memory) and are never stored. An edge
+  tile (n < NR) runs its own copy of the k loop, with masked loads of B, and
+  stores with masked stores; full tiles use plain loads and stores (masked
+  ones are slower on some CPUs).
 - ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
 - Serial; no state. Numba compiles one copy per (A, B, C dtype) triple.
 
@@ -91,44 +93,58 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags):
             builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
             for r in range(MR)]
 
-        # the k loop: accumulators are phi nodes, so they live in registers
+        # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
+        lane = ir.Constant(ir.VectorType(I64, vl), list(range(vl)))
+        masks = [builder.icmp_signed("<", lane, _splat(builder, builder.sub(n, I64(v * vl)),
+                                                      ir.VectorType(I64, vl))) for v in range(NV)]
+        bload = f"llvm.masked.load.{_suffix(vt)}.p0"
+        full = builder.icmp_signed("==", n, I64(NV * vl))
+
+        # the k loop, once with plain loads of B (full tiles) and once with masked ones (an
+        # edge): the accumulators are phi nodes, so they live in registers
         entry = builder.block
-        loop = builder.append_basic_block("micro.k")
+        start = builder.append_basic_block("micro.start")
+        loops = [builder.append_basic_block(name) for name in ("micro.k", "micro.k.edge")]
         done = builder.append_basic_block("micro.done")
-        builder.cbranch(builder.icmp_signed(">", kc, I64(0)), loop, done)
-        builder.position_at_end(loop)
-        k = builder.phi(I64)
-        acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
-        brow = builder.add(ib, builder.mul(k, ldb))
-        bv = [builder.load(builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
-                                           vt.as_pointer()), align=align) for v in range(NV)]
-        kcol = builder.mul(k, csa)
-        new = []
-        for r in range(MR):
-            s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
-            new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
-        k1 = builder.add(k, I64(1))
-        k.add_incoming(I64(0), entry)
-        k.add_incoming(k1, loop)
-        for r in range(MR):
-            for v in range(NV):
-                acc[r][v].add_incoming(zero, entry)
-                acc[r][v].add_incoming(new[r][v], loop)
-        builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+        builder.cbranch(builder.icmp_signed(">", kc, I64(0)), start, done)
+        builder.position_at_end(start)
+        builder.cbranch(full, loops[0], loops[1])
+        results = []
+        for loop, edge in zip(loops, (False, True)):
+            builder.position_at_end(loop)
+            k = builder.phi(I64)
+            acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+            brow = builder.add(ib, builder.mul(k, ldb))
+            bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]), vt.as_pointer())
+                    for v in range(NV)]
+            bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
+                  builder.load(bptr[v], align=align) for v in range(NV)]
+            kcol = builder.mul(k, csa)
+            new = []
+            for r in range(MR):
+                s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
+                new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
+            k1 = builder.add(k, I64(1))
+            k.add_incoming(I64(0), start)
+            k.add_incoming(k1, loop)
+            for r in range(MR):
+                for v in range(NV):
+                    acc[r][v].add_incoming(zero, start)
+                    acc[r][v].add_incoming(new[r][v], loop)
+            builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+            results.append((new, loop))
 
         builder.position_at_end(done)
         out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
         for r in range(MR):
             for v in range(NV):
                 out[r][v].add_incoming(zero, entry)
-                out[r][v].add_incoming(new[r][v], loop)
+                for new, loop in results:
+                    out[r][v].add_incoming(new[r][v], loop)
         if celt != elt:  # float32 sums into a float64 C
             out = [[builder.fpext(p, cvt) for p in row] for row in out]
 
-        # the epilogue: lane masks for an edge tile, the bias, beta, ReLU, the store
-        lane = ir.Constant(ir.VectorType(I64, vl), list(range(vl)))
-        masks = [builder.icmp_signed("<", lane, _splat(builder, builder.sub(n, I64(v * vl)),
-                                                      ir.VectorType(I64, vl))) for v in range(NV)]
+        # the epilogue: the bias, beta, ReLU, the store
         bias_on = _splat(builder, use_bias, mt)
         bvals = [_call(builder, cload, cvt, [
             builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]), cvt.as_pointer()),
@@ -155,7 +171,6 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags):
                         else:
                             _call(builder, cstore, ir.VoidType(), [val, ptr, I32(calign), masks[v]])
 
-        full = builder.icmp_signed("==", n, I64(NV * vl))
         for add_old in (True, False):
             with builder.if_then(beta if add_old else builder.not_(beta)):
                 with builder.if_else(full) as (then, otherwise):

@@ -68,19 +68,21 @@ def test_relu_keeps_nan_and_empty_sum_writes_bias():
     assert np.isnan(c[:, 0]).all() and (c[:, 1:] == 0).all()
 
 
-def loop_body(asm):
-    """The instructions of the innermost loop holding the FMAs: from the label the
-    loop's backward branch jumps to, to that branch."""
+def fma_loops(asm):
+    """The bodies of the innermost loops holding FMAs: from the label a backward branch
+    jumps to, to that branch (the micro-kernel has two: full tiles and edge tiles)."""
     lines = [ln.strip() for ln in asm.splitlines()]
     labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.?L\w+:$", ln)}
-    best = None
+    bodies = []
     for i, ln in enumerate(lines):
         jump = re.match(r"^j\w+\s+(\.?L\w+)$", ln)
         if jump and jump.group(1) in labels and labels[jump.group(1)] < i:
             body = lines[labels[jump.group(1)] + 1:i]
-            if any("vfmadd" in x for x in body) and (best is None or len(body) < len(best)):
-                best = body
-    return best
+            if any("vfmadd" in x for x in body):
+                bodies.append(body)
+    # the innermost only: a loop whose body holds another FMA loop's body is an outer loop
+    text = ["\n".join(b) for b in bodies]
+    return [b for b, t in zip(bodies, text) if not any(o != t and o in t for o in text)]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -89,13 +91,42 @@ def test_k_loop_keeps_the_block_in_registers(dtype):
     a, b, c = (np.zeros(s, dtype) for s in (MR * 4, nr * 4, MR * nr))
     tile(a, b, c, c, (0, 4, 1, 0, nr, 0, nr, 0), (4, MR, nr), (False, False, False))
     asm = tile.inspect_asm(tile.signatures[0])
-    body = loop_body(asm)
-    assert body is not None, "no loop with FMAs found in the micro-kernel's assembly"
-    unroll = sum("vfmadd" in x for x in body) // (MR * NV)
-    assert unroll >= 1 and sum("vfmadd" in x for x in body) == unroll * MR * NV, body
-    stores = [x for x in body if re.match(r"^v?mov\w*\s+%[xyz]mm\d+, .*\(", x)]
-    assert not stores, f"stores inside the k loop: {stores}"
-    broadcasts = [x for x in body if "vbroadcast" in x or "{1to" in x]
-    assert len(broadcasts) == unroll * MR, body
-    loads = [x for x in body if re.match(r"^vmov[au]p[sd]\s+-?\w*\(", x)]
-    assert len(loads) == unroll * NV, body
+    loops = fma_loops(asm)
+    assert len(loops) >= 2, "expected the full-tile and the edge-tile k loops"
+    for body in loops:
+        unroll = sum("vfmadd" in x for x in body) // (MR * NV)
+        assert unroll >= 1 and sum("vfmadd" in x for x in body) == unroll * MR * NV, body
+        stores = [x for x in body if re.match(r"^v?(mask)?mov\w*\s+%[xyz]mm\d+, .*\(", x)]
+        assert not stores, f"stores inside the k loop: {stores}"
+        broadcasts = [x for x in body if "vbroadcast" in x or "{1to" in x]
+        assert len(broadcasts) == unroll * MR, body
+        loads = [x for x in body if re.match(r"^v(mask)?mov[au]?p[sd]\s+-?\w*\(", x)]
+        assert len(loads) == unroll * NV, body
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_edge_tile_reads_no_lane_past_n(dtype):
+    """B read in place: its last row ends where a page the process may not read begins, so a
+    load of one lane past n would crash the test."""
+    mmap = pytest.importorskip("mmap")
+    ctypes = pytest.importorskip("ctypes")
+    page = mmap.PAGESIZE
+    buf = mmap.mmap(-1, 2 * page)
+    libc = ctypes.CDLL(None, use_errno=True)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    if libc.mprotect(ctypes.c_void_p(addr + page), page, 0) != 0:  # PROT_NONE
+        pytest.skip("mprotect is not available")
+    item = np.dtype(dtype).itemsize
+    nr, kc = lanes(dtype), 5
+    n = nr - 3
+    whole = np.frombuffer(buf, dtype, count=page // item)
+    b = whole[page // item - kc * n:]  # kc rows of n lanes, ending at the guard page
+    rng = np.random.default_rng(3)
+    b[:] = rng.standard_normal(kc * n)
+    a = rng.standard_normal(MR * kc).astype(dtype)
+    c = np.full(MR * n, np.nan, dtype)
+    tile(a, b, c, c, (0, kc, 1, 0, n, 0, n, 0), (kc, MR, n), (False, False, False))
+    want = a.reshape(MR, kc).astype(np.float64) @ b.reshape(kc, n).astype(np.float64)
+    np.testing.assert_allclose(c.reshape(MR, n), want, rtol=1e-4 if item == 4 else 1e-12)
+    del whole, b
+    libc.mprotect(ctypes.c_void_p(addr + page), page, 3)  # PROT_READ | PROT_WRITE

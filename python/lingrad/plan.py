@@ -102,7 +102,7 @@ def explain(plan: Plan) -> str:
                  f"{', ReLU mask applied while packing' if plan.masked else ''}"
                  f"{', db summed while packing' if plan.want_db else ''}")
     lines.append("  B: " + {K.engine.WHOLE: "packed whole, once (engine.pack_whole_b)",
-                            K.engine.IN_PLACE: "read in place (a last partial panel packed)",
+                            K.engine.IN_PLACE: "read in place (edge panels by masked loads)",
                             K.engine.BLOCK: "packed KC rows at a time (engine.pack_b)"}[plan.b_mode])
     if plan.op == "dw" and kf < kc:
         lines.append(f"  float32 sums of {kf} terms are added into float64 partials")
