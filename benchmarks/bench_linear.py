@@ -76,10 +76,11 @@ class Memory:
     lingrad's partial sums are float64 in both).
 
     track_peak_bytes: peak bytes allocated through Python's allocators during one
-    call (tracemalloc), outputs included. numpy registers its arrays there, so
-    this counts lingrad's outputs, layout copies and float64 partial sums, and
-    numpy's temporaries; it does not see what Numba kernels allocate themselves:
-    see NrtAllocs.
+    call (tracemalloc), outputs included. numpy registers its arrays there, and
+    Numba's runtime allocates through PyMem_RawMalloc, which tracemalloc traces too,
+    so this counts lingrad's outputs, packed w, float64 partial sums and the kernels'
+    per-thread packing buffers, and numpy's temporaries. NrtAllocs counts the
+    kernels' own allocations.
     """
     params = [list(OPS), list(SHAPES), IMPLS]
     param_names = ["op", "shape", "impl"]
@@ -99,8 +100,8 @@ class Memory:
 
 class NrtAllocs:
     """Allocations that lingrad's kernels make through Numba's runtime (NRT) in one
-    float32 call: scratch they create themselves (packed panels, masked row
-    blocks). NRT counts allocations, not bytes. Needs NUMBA_NRT_STATS=1 before
+    float32 call: scratch they create themselves (each thread's packing buffers
+    for blocks of A and of B, in engine.gemm_task). NRT counts allocations, not bytes. Needs NUMBA_NRT_STATS=1 before
     numba is imported, which benchmarks/__init__.py sets; the counters can be
     read once the runtime has started, i.e. after the warm-up call."""
     params = [list(OPS), list(SHAPES)]

@@ -7,13 +7,15 @@ from conftest import DTYPES, assert_close, layout
 import lingrad
 from lingrad import reference as ref
 
-# (N, I, O): zero and one sizes, odd sizes, sizes one off the 4x4 tile, I or O at
-# the 16-column switch to the NN kernel, N past NB=64 and 4*NB (several batch
-# blocks and chunks), I past KC=2048 (forward k-blocking), O past KC (dx
-# k-blocking), I*O past PANEL (dw in panels of an odd number of rows), O < 4 with
-# short rows (dot_strips, rows not a multiple of 4), and a summed axis of 1 or 2
-# (nn_short: O = 1 or 2 for dx, N = 1 or 2 for dw), and a batch under NB with O < I
-# and enough work for threads (the small-batch dw through dw.T, in parallel).
+# (N, I, O), as lingrad.plan runs them on the engine (kernels/config.py for the constants):
+# zero and one sizes; edges of the micro-kernel's MR x NR block (rows not a multiple of
+# MR = 6 or 12, columns not a multiple of NR = 8 to 32); a summed axis of 1 or 2 (O for dx,
+# N for dw); I or O past KC_MAX = 1024 (2050: the forward's and dx's KC_BLOCK slices); a
+# batch past KC_DW = 256 (257, 300, 600: dw in several slices, split between 2 threads at
+# 600); O past MC_DW = 96 (300: several blocks of dw.T's rows); work below and above
+# SERIAL_WORK. LAYOUTS add packed A (x or dy not contiguous along their rows) and packing
+# of w from every stride pattern. Not reached here: dw with x packed per block (b_mode
+# BLOCK: rows of x a multiple of 4 KiB apart, e.g. I = 1024 in float32).
 SHAPES = [
     (0, 3, 4), (5, 0, 3), (5, 3, 0), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),
     (33, 65, 3), (257, 33, 37), (600, 33, 37), (600, 50, 1), (300, 1, 40),
@@ -142,10 +144,10 @@ def test_out_buffers(rng, threads, dtype, kind):
 @pytest.mark.parametrize("kind", ["C", "F"])
 @pytest.mark.parametrize("I, O, step", [(37, 21, 300), (301, 19, 48), (30, 20, 2)], ids=str)
 def test_accumulate_matches_full_batch(rng, threads, dtype, kind, I, O, step):
-    """Micro-batches accumulated with accumulate=True give the full-batch gradient
-    (micro-batches of 300 rows: per-thread partials; of 48: the direct small-batch
-    path, through dw.T and, at 2 threads, in parallel; of 2: rank-2 updates added
-    into dw by nn_short)."""
+    """Micro-batches accumulated with accumulate=True give the full-batch gradient:
+    engine.merge adds each micro-batch's float64 sums to the buffer and rounds once.
+    Micro-batches of 300 rows (dw over two KC_DW slices of the batch), of 48 (one slice,
+    shorter than KF) and of 2 (a summed axis of 2)."""
     N = 1000
     x, w, _, dy = data(rng, N, I, O, dtype)
     dw = layout(np.zeros((I, O), dtype), kind)

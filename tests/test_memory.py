@@ -2,7 +2,7 @@
 
 Measured in a subprocess started with NUMBA_NRT_STATS=1 (Numba reads it at import):
 - numba's NRT allocation counters: every array a kernel allocates is freed before the
-  call returns, and there are at most a few allocations per block of rows;
+  call returns, with a few allocations per call and per thread, none per block of rows;
 - tracemalloc for bytes: numpy registers its allocations with tracemalloc, and Numba's
   NRT allocates through PyMem_RawMalloc (numba/core/runtime/nrt.py calls
   memsys_use_cpython_allocator), which tracemalloc also traces, from every thread.
@@ -12,17 +12,19 @@ The bound is written from the shapes (see kernels/engine.py and kernels/config.p
     outputs  dx (N, I), dw (I, O), db (O,)            (not counted when passed in as out=)
     + T * (I*O + O) * 8                               float64 per-thread partials of dw.T, db
     + T * ((MC_DW + MR) * KC_DW + KC_DW * NR) * size  per-thread packed block of d.T and the
-                                                      packed edge panel of x (dw)
+                                                      packed edge panel of x (dw; KC_DW * I
+                                                      instead of KC_DW * NR where x's rows are a
+                                                      multiple of 4 KiB apart, not the case here)
     + ceil(P / NR) * NR * K * size                    w or w.T packed whole (forward, dx)
     + T * (MC_PACKED + MR) * KC * size                per-thread packed block of d (masked dx)
                                                       or of x (forward of a non-C x)
     + N * I * size                                    only for dw of an x not in C order
     + 64 KiB                                          headers, schedules, small arrays
 
-with T = NUMBA_NUM_THREADS. With N = 2**17 a hidden copy of dy alone would be
-N * O * itemsize = 16 MiB, some 250 times the slack: an API that copied dy's rows (tried
-once, by patching lingrad.api.rows to return a copy) fails test_peak_bytes_within_bound in
-every case that reads dy.
+with T = NUMBA_NUM_THREADS and NR = NV * VECTOR_BYTES / size. With N = 2**17 a hidden copy
+of dy alone would be N * O * itemsize = 16 MiB, some 250 times the slack: an API that copied
+dy's rows (tried once, before the GEMM engine, by patching the API's rows helper of the
+time to return a copy) fails test_peak_bytes_within_bound in every case that reads dy.
 """
 import json
 import os

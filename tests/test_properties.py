@@ -1,7 +1,8 @@
 """Property-based tests (hypothesis): any shape, dtype, layout and option matches numpy.
 
 Drawn per example: float32 or float64; batch shape with 0 to 2 leading dimensions
-(sizes from 0, and N up to past 4*NB so the multi-block, multi-chunk paths run); I and O
+(sizes from 0, and N up to 600, past KC_DW = 256, so that dw runs in several slices of
+the batch); I and O
 from 0; for every array a layout
 (C, Fortran, a strided slice, negative strides, negative strides of a strided slice);
 with or without bias, ReLU, accumulate into a prefilled out=, out= in any layout;
@@ -180,7 +181,9 @@ ALL_THREADS = numba.config.NUMBA_NUM_THREADS
 @st.composite
 def parallel_problems(draw):
     """(dtype, batch shape, I, O, seed) with enough work for the parallel kernels
-    (N * I * O >= SERIAL_WORK) and at least two blocks of NB rows to split between threads."""
+    (N * I * O >= SERIAL_WORK) and at least 2 * MR rows, so that the forward and dx split
+    rows between threads; dw splits the batch only from 2 * KC_DW rows, which the larger
+    draws reach."""
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     I, O = draw(st.integers(16, 48)), draw(st.integers(16, 48))
     least = max(2 * lingrad.kernels.MR, -(-lingrad.kernels.SERIAL_WORK // (I * O)))

@@ -34,22 +34,25 @@ KERNELS = "lingrad.kernels."
 # not by the API, so neither announced nor warmed here.
 NOT_NOTICED = ("lingrad.kernels.ladder",)
 
-# Shapes chosen to reach every path of the plan: (N, I, O) for x (N, I), w (I, O).
-# Which kernels a call runs depends on lingrad.plan (serial below SERIAL_WORK
-# multiply-adds, packed or in-place operands, db alone); the engine compiles one
-# copy per dtype of each, whatever the layout.
+# Shapes for the warm-up: (N, I, O) for x (N, I), w (I, O). Which kernels a call runs
+# is lingrad.plan's choice (serial below SERIAL_WORK multiply-adds; the forward and dx
+# parallel over rows of C; dw over the batch, on a second thread only from 2 * KC_DW
+# rows; db alone on a second thread only from 2 * REDUCE_ROWS rows); the engine compiles
+# one copy of each kernel per dtype (and per dtype of C), whatever the layout.
+# At 2 threads none of these shapes reaches the parallel dw or the parallel db alone:
+# those kernels compile on their first use.
 # tests/test_compile.py checks that once these are warm, calls on other shapes, layouts
 # and options compile nothing (at 1 thread; at all threads with LINGRAD_RUN_SLOW=1).
 WARM_SHAPES: Tuple[Tuple[int, int, int], ...] = (
-    (4, 3, 5),       # serial work, batch up to SMALL_N: the small-batch forms, direct dw and db
-    (40, 20, 3),     # serial work past SMALL_N: serial transposed copies of w (forward and dx)
-    (100, 3, 4),     # serial work past NB rows: the serial per-block dw and db
+    (4, 3, 5),       # serial work: every product on the calling thread
+    (40, 20, 3),     # serial, fewer outputs than one micro-kernel panel
+    (100, 3, 4),     # serial, a summed axis of 3 for the forward
     (1, 784, 50),    # one row (the lesson's first layer)
-    (2, 30, 20),     # a summed axis of 2 (rank-2 dw)
+    (2, 30, 20),     # a summed axis of 2 for dw
     (300, 50, 1),    # one output column
-    (32, 784, 50),   # parallel work, batch up to NB: the parallel direct dw and db
-    (300, 784, 50),  # parallel work past NB rows: parallel forward, dx, dw and db, copies of w
-    (300, 20, 600),  # parallel, short summed axis for the forward and a long one for dx
+    (32, 784, 50),   # parallel forward and dx on a batch of 32; dw and db serial
+    (300, 784, 50),  # parallel forward and dx on the lesson's first layer
+    (300, 20, 600),  # parallel, a short summed axis for the forward and a long one for dx
 )
 
 _noticed: Set[np.dtype] = set()

@@ -13,7 +13,7 @@ module after it) and sets ``.g`` on its input and its parameters:
     Mse:   L = mean((x - t)^2)    x.g = 2 (x - t) / x.size
 
 Lin runs a lingrad.Linear layer (lingrad.linear and lingrad.linear_backward,
-the kernels in kernels/forward.py and kernels/backward.py); docs/derivation.md
+the GEMM engine in kernels/engine.py); docs/derivation.md
 derives each line. Like torch's ``.grad``, a Lin's outputs and gradients live in
 buffers that the layer reuses: ``w.g`` and ``b.g`` are the same arrays after every
 backward, and the module's output and its input's ``.g`` are overwritten by the

@@ -20,7 +20,12 @@ import tempfile
 import time
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence
 
-COOLDOWN = 0.15  # s of sleep before each timed block (see interleaved_min)
+# s of sleep before each timed block (see interleaved_min). An idle OpenBLAS worker spins
+# for about 0.1 s after each call, and OpenMP teams (Numba's, PyTorch's) and XLA's workers
+# spin too. Measured with the kernels before the GEMM engine, on the 2-core Zen 4 VM:
+# lingrad's first calls after a numpy GEMM ran 2x slower, sharing the core; with PyTorch
+# in the rotation, lingrad's float64 layer step took 765 ms without the pause, 389 ms alone.
+COOLDOWN = 0.15
 
 def blas_threads(n: int) -> contextlib.ExitStack:
     """Pin numpy's BLAS (and PyTorch, when imported) to n threads; a no-op context
@@ -48,13 +53,10 @@ def interleaved_min(fns: Sequence[Callable[[], object]], repeats: int = 5, min_t
     each call timed on its own; the result is the fastest call seen.
 
     cooldown: seconds of sleep before each block, by default COOLDOWN (0.15 s)
-    when more than one fn is timed. An idle OpenBLAS worker spins for about
-    0.1 s after each call (measured here: lingrad's first calls after a numpy
-    GEMM ran 2x slower, sharing the core), and OpenMP teams (Numba's,
-    PyTorch's) and XLA's workers spin too; with PyTorch in the rotation,
-    lingrad's float64 layer step measured 765 ms without the pause and 389 ms
-    alone. The pause lets the previous library's threads go to sleep, so no
-    library is timed while another's hold the cores.
+    when more than one fn is timed. Idle BLAS, OpenMP and XLA workers spin for
+    a while after a call (the measurements are beside COOLDOWN); the pause lets
+    the previous library's threads go to sleep, so no library is timed while
+    another's hold the cores.
     """
     if cooldown is None:
         cooldown = COOLDOWN if len(fns) > 1 else 0.0
