@@ -10,12 +10,14 @@ from lingrad import reference as ref
 # (N, I, O), as lingrad.plan runs them on the engine (kernels/config.py for the constants):
 # zero and one sizes; edges of the micro-kernel's MR x NR block (rows not a multiple of
 # MR = 6 or 12, columns not a multiple of NR = 8 to 32); a summed axis of 1 or 2 (O for dx,
-# N for dw); I or O past KC_MAX = 1024 (2050: the forward's and dx's KC_BLOCK slices); a
-# batch past KC_DW = 256 (257, 300, 600: dw in several slices, split between 2 threads at
-# 600); O past MC_DW = 96 (300: several blocks of dw.T's rows); work below and above
-# SERIAL_WORK. LAYOUTS add packed A (x or dy not contiguous along their rows) and packing
-# of w from every stride pattern. Not reached here: dw with x packed per block (b_mode
-# BLOCK: rows of x a multiple of 4 KiB apart, e.g. I = 1024 in float32).
+# N for dw); I or O past KC_MAX = 1024 (2050: the forward's and dx's KC_BLOCK slices);
+# batches up to B_IN_PLACE_ROWS = 64 (w read in place) and past it (w packed whole);
+# batches up to DW_DIRECT_ROWS = 512 (dw = x.T @ d in place; past KF = 64 through float64
+# scratch) and past it (520, 600: dw.T in per-thread partials, several KC_DW slices);
+# O past MC_DW = 96; I = 1024 (rows of x 4 KiB apart: x packed per block for dw); work
+# below and above SERIAL_WORK. LAYOUTS add packed A (x or dy not contiguous along their
+# rows) and packing of w from every stride pattern. tests/test_plan.py checks, through
+# the plans the API makes, that these shapes reach every path and edge.
 SHAPES = [
     (0, 3, 4), (5, 0, 3), (5, 3, 0), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),
     (33, 65, 3), (257, 33, 37), (600, 33, 37), (600, 50, 1), (300, 1, 40),
