@@ -34,7 +34,9 @@ VECTOR_BYTES = _vector_bytes()
 # L1/L2-resident panels (Zen 3, 1 thread, against numpy's 1024^3 in the same
 # run): 6 x 2 0.87-1.09x, 4 x 3 0.84-0.99x, 5 x 2 0.89x, 8 x 1 0.69x, 3 x 4
 # 0.45x, 2 x 6 0.46x (the last two spill). AVX-512 has 32 registers: 12 x 2
-# there is the same shape doubled, not measured on this project's machines.
+# there is the same shape doubled. It runs on the AVX-512 Xeon of 2026-12-03 (python -m
+# lingrad bench, 1 thread: mlp forward 0.98x torch, 87% of numpy's GEMM peak), but the
+# other shapes were not measured there.
 MR = 6 if VECTOR_BYTES == 32 else 12
 NV = 2
 # Terms of a float32 sum over the batch (dw) added in float32 registers before
@@ -54,6 +56,10 @@ MC_PACKED = 96
 # Blocks of dw: KC_DW rows of the batch by MC_DW outputs of d.T per packed block.
 KC_DW = 256
 MC_DW = 96
+# dw reads x in place, unless its rows are a multiple of this many bytes apart: they would
+# all fall in the same L1 sets, so x is packed per block (Zen 3, 2048^3 dw: 0.36x -> 0.55x
+# numpy).
+X_ALIASED_BYTES = 4096
 # db alone: rows of the batch per thread at least (below, the sum runs serially).
 REDUCE_ROWS = 4096
 # dw on a batch of at most DW_DIRECT_ROWS rows runs as dw = x.T @ d with both read in

@@ -2,12 +2,15 @@
 
 Every product of the layer is one call of the same driver (plan.py builds the call):
 
-    forward  y     = x   @ w      A = x (in place),  B = w (packed once),   bias and ReLU
-                                  in the micro-kernel's epilogue
+    forward  y     = x   @ w      A = x (in place),  B = w (packed once, or in place for a
+                                  short batch), bias and ReLU in the micro-kernel's epilogue
     dx       dx    = d   @ w.T    A = d (packed with the ReLU mask, or in place),
                                   B = w.T (packed once)
-    dw, db   dw.T  = d.T @ x      A = d.T (packed with the mask; db summed while packing),
-             db    = d.sum(0)     B = x (in place), C = per-thread float64 partials of dw.T
+    dw       dw    = x.T @ d      a short batch: A = x.T and B = d in place (d packed with
+                                  the mask), C = dw or float64 scratch
+    dw, db   dw.T  = d.T @ x      a long one: A = d.T (packed with the mask; db summed while
+             db    = d.sum(0)     packing), B = x (in place, or packed per block),
+                                  C = per-thread float64 partials of dw.T
 
 with d = dy, or where(y > 0, dy, 0) after a ReLU. Operands are views
 ``(buf, off, rs, cs)``: a flat array and the element offset, row stride and

@@ -116,8 +116,8 @@ def linear_backward(x: "np.typing.ArrayLike | None", w: "np.typing.ArrayLike | N
     relu_out: the forward output of ``linear(..., relu=True)``; when given, dy is
         multiplied by (relu_out > 0) on the fly, one block at a time.
     need_dx / need_dw / need_db: skip a gradient (returned as None). The first
-        layer of a network never needs dx; x may then be None-free but w is
-        only needed for dx.
+        layer of a network never needs dx. w is needed only for dx (None with
+        need_dx=False), x only for dw (None with need_dw=False).
     out: optional (dx, dw, db) buffers (any may be None).
     accumulate: add into the given dw and db (``dw += x.T @ dy``) instead of
         overwriting them: for micro-batches and streaming. dx is always written.

@@ -9,12 +9,17 @@ constant of lingrad.kernels.config; ``explain`` says the same in words.
 The three products, as C (M x N) = A (M x K) @ B (K x N):
 
     op        C      A      B     parallel over      packed
-    forward   y      x      w     rows of y          w (once per call, all of it); x if not
-                                                     contiguous along I
+    forward   y      x      w     rows of y          w (once per call, all of it) past
+                                                     B_IN_PLACE_ROWS rows, else read in place;
+                                                     x if not contiguous along I
     dx        dx     d      w.T   rows of dx         w.T (once per call); d when masked or
                                                      not contiguous along O
-    dw        dw.T   d.T    x     the batch (K)      d.T (with the mask; db summed there);
-                                                     x is read in place
+    dw        dw     x.T    d     rows of dw         a batch up to DW_DIRECT_ROWS: nothing (d
+                                                     per block when masked); float64 scratch
+                                                     past KF float32 terms
+    dw        dw.T   d.T    x     the batch (K)      a longer batch: d.T (with the mask; db
+                                                     summed there); x read in place, or per
+                                                     block when its rows are X_ALIASED_BYTES apart
 """
 import functools
 from collections import namedtuple
@@ -65,9 +70,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         # dw.T = d.T @ x, d.T packed with the mask (db summed there), x read in place along I
         T = min(threads, max(1, Kdim // K.KC_DW)) if work >= K.SERIAL_WORK else 1
         kf = K.KF if itemsize < 8 else K.KC_DW
-        # x packed per block when its rows are a multiple of 4 KiB apart
-        # (they would all fall in the same L1 sets: 2048^3 dw 0.36x -> 0.55x numpy, Zen 3)
-        b_mode = E.BLOCK if (M * itemsize) % 4096 == 0 else E.IN_PLACE
+        b_mode = E.BLOCK if (M * itemsize) % K.X_ALIASED_BYTES == 0 else E.IN_PLACE
         return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), True, b_mode,
                     E.MASK_A if masked else 0, want_db, True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
