@@ -278,17 +278,18 @@ def at(V, r, c):
 
 # ---- rung 4: the register micro-kernel ---------------------------------------------------
 @njit(**JIT)
-def tiles_micro(A, B, c, M, K, N):
-    """c (M x N, C order) = A @ B, one MR x NR tile at a time by the micro-kernel. Serial.
+def tiles_micro(A, B, c, M, K, N, beta):
+    """c (M x N, C order) = A @ B (+ c when beta), one MR x NR tile at a time. Serial.
 
     A (M x K): any strides. B (K x N): rows contiguous (unit column stride).
     micro.micro holds the tile of C in MR x NV vector registers for the whole
-    sum over k, and stores it once; per k it loads NV vectors of B and
+    sum over k and stores it once; per k it loads NV vectors of B and
     broadcasts MR values of A (its contract: kernels/micro.py). It reads whole
     NR-wide vectors of B, so the last, partial panel of B's columns is copied
-    into a zero-padded K x NR buffer (reading past B's rows would leave its
-    memory); every other panel is read where it lies.
-    Loops: jr (a panel of NR columns of B) outside, ir (MR rows of A) inside.
+    into a zero-padded K x NR buffer (a vector past B's last row would leave
+    its memory); every other panel is read where it lies.
+    Loops: ir (MR rows of A, which stay in L1) outside, jr (a panel of NR
+    columns of B) inside, as rung 3's m outside and j inside.
     """
     b = B[0]
     nr = lanes(c)
@@ -298,16 +299,16 @@ def tiles_micro(A, B, c, M, K, N):
         for p in range(full, N):
             edge[k * nr + p - full] = at(B, k, p)
     none = np.empty(0, c.dtype)
-    for jr in range(0, N, nr):
-        for ir in range(0, M, MR):
-            offs_a = (A[1] + ir * A[2], A[2], A[3])
-            offs_c = (ir * N + jr, N, 0)
+    for ir in range(0, M, MR):
+        aoffs = (A[1] + ir * A[2], A[2], A[3])
+        for jr in range(0, N, nr):
+            coffs = (ir * N + jr, N, 0)
             dims = (K, min(MR, M - ir), min(nr, N - jr))
             if jr < full:
-                micro(A[0], b, c, none, offs_a + (B[1] + jr * B[3], B[2]) + offs_c, dims,
-                      (False, False, False))
+                micro(A[0], b, c, none, aoffs + (B[1] + jr * B[3], B[2]) + coffs, dims,
+                      (beta, False, False))
             else:
-                micro(A[0], edge, c, none, offs_a + (0, nr) + offs_c, dims, (False, False, False))
+                micro(A[0], edge, c, none, aoffs + (0, nr) + coffs, dims, (beta, False, False))
 
 
 @njit(**JIT)
@@ -315,12 +316,13 @@ def y_micro(x, w, y):
     """Rung 4. y = x @ w by the register micro-kernel, x and w read in place.
 
     shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
-    A = x, B = w, C = y. Each 12 x 32 (AVX-512, float32) tile of y is summed in
-    registers over all of i and stored once: per multiply-add no load or store
-    of y at all, where rung 3 loaded and stored y once per 4. Serial.
+    A = x, B = w, C = y. Each MR x NR tile of y (12 x 32 with AVX-512 float32)
+    is summed in registers over all of i and stored once: no load or store of
+    y inside the sum, where rung 3 loaded and stored y once per 4 multiply-adds.
+    Serial.
     """
     N, I = x.shape
-    tiles_micro(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1])
+    tiles_micro(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False)
 
 
 @njit(**JIT)
@@ -333,23 +335,29 @@ def dx_micro(dy, w, dx):
     """
     N, O = dy.shape
     wt = np.ascontiguousarray(w.T)
-    tiles_micro(rows_of(dy), rows_of(wt), dx.reshape(dx.size), N, O, w.shape[0])
+    tiles_micro(rows_of(dy), rows_of(wt), dx.reshape(dx.size), N, O, w.shape[0], False)
 
 
 @njit(**JIT)
-def dw_micro(x, dy, dw):
-    """Rung 4. dw = (dy.T @ x).T by the register micro-kernel, dy.T and x read in place.
+def dw_micro(x, dy, dw, kc):
+    """Rung 4. dw = (dy.T @ x).T by the register micro-kernel, kc rows of the batch at a time.
 
     shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
     A = dy.T (a view: strides 1 and O), B = x, C = dw.T (O x I), transposed into
-    dw at the end (I x O values). The transposed form puts the long axis I
-    along the vectors: rows of x are read as they lie, and 784 = 24.5 panels of
-    32 waste less than 50 = 1.6 panels would. Serial.
+    dw at the end (I x O values). As in rungs 2-3 the batch is the outer loop:
+    each step of kc rows adds dy[n:n+kc].T @ x[n:n+kc] into dw.T, every tile
+    summed over the kc rows in registers (the micro-kernel's beta: the first
+    step overwrites). The kc x I rows of x in use stay in L2 while every tile
+    reads them. The transposed form puts the long axis I along the vectors:
+    rows of x are read as they lie. Serial.
     """
     N, I = x.shape
     O = dy.shape[1]
     dwt = np.empty((O, I), dw.dtype)
-    tiles_micro(cols_of(dy), rows_of(x), dwt.reshape(dwt.size), O, N, I)
+    dyf, xf = dy.reshape(dy.size), x.reshape(x.size)
+    for n in range(0, max(N, 1), kc):  # an empty batch still writes dw = 0
+        k = min(kc, N - n)
+        tiles_micro((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I, n > 0)
     dw[:] = dwt.T
 
 
@@ -393,30 +401,38 @@ def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
 
 
 @njit(**JIT)
-def tiles_packed(A, B, c, M, K, N, packed_a):
-    """c (M x N, C order) = A @ B as tiles_micro, B packed into micro-panels first (A too,
-    with packed_a). Serial.
+def tiles_packed(A, B, c, M, K, N, packed_a, b_in_place, beta):
+    """c (M x N, C order) = A @ B (+ c when beta) as tiles_micro, from micro-panels. Serial.
 
-    All of B is packed once (K x NR per panel, zero-padded: no edge case is
-    left for the micro-kernel), so each micro-kernel call streams one
-    contiguous panel instead of NV vectors from each of K rows ldb apart.
+    B is packed into NR-column micro-panels (zero-padded: no edge case is left
+    for the micro-kernel), so each micro-kernel call streams one contiguous
+    panel instead of NV vectors from each of K rows far apart; with
+    b_in_place only its last, partial panel is (a B too large to copy). With
+    packed_a, A is packed into MR-row micro-panels too.
     """
     nr = lanes(c)
-    bp = np.empty(-(-N // nr) * nr * K, B[0].dtype)
-    pack_b(B, 0, K, 0, N, bp)
+    p0 = N - N % nr if b_in_place else 0  # B's columns from p0 on are packed
+    bp = np.empty(-(-(N - p0) // nr) * nr * K, B[0].dtype)
+    pack_b(B, 0, K, p0, N - p0, bp)
     none = np.empty(0, c.dtype)
     ap = np.empty(-(-M // MR) * MR * K if packed_a else 0, A[0].dtype)
     if packed_a:
         pack_a(A, 0, M, 0, K, ap, A, False, none)
-    for jr in range(0, N, nr):
-        for ir in range(0, M, MR):
+    abuf = ap if packed_a else A[0]
+    for ir in range(0, M, MR):
+        if packed_a:
+            aoffs = (ir * K, 1, MR)
+        else:
+            aoffs = (A[1] + ir * A[2], A[2], A[3])
+        for jr in range(0, N, nr):
+            coffs = (ir * N + jr, N, 0)
             dims = (K, min(MR, M - ir), min(nr, N - jr))
-            offs_bc = (jr * K, nr, ir * N + jr, N, 0)
-            if packed_a:
-                micro(ap, bp, c, none, (ir * K, 1, MR) + offs_bc, dims, (False, False, False))
+            if jr < p0:
+                micro(abuf, B[0], c, none, aoffs + (B[1] + jr, B[2]) + coffs, dims,
+                      (beta, False, False))
             else:
-                micro(A[0], bp, c, none, (A[1] + ir * A[2], A[2], A[3]) + offs_bc, dims,
-                      (False, False, False))
+                micro(abuf, bp, c, none, aoffs + ((jr - p0) * K, nr) + coffs, dims,
+                      (beta, False, False))
 
 
 @njit(**JIT)
@@ -424,11 +440,11 @@ def y_packed(x, w, y):
     """Rung 5. y = x @ w by the micro-kernel, w packed into micro-panels, x read in place.
 
     shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
-    x is read along its rows, which the micro-kernel broadcasts one value at a
-    time: packing it would copy 157 MB to save nothing. Serial.
+    x is read along its rows, one value at a time broadcast: packing it would
+    copy all of x to gain nothing. Serial.
     """
     N, I = x.shape
-    tiles_packed(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False)
+    tiles_packed(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False, False, False)
 
 
 @njit(**JIT)
@@ -436,24 +452,30 @@ def dx_packed(dy, w, dx):
     """Rung 5. dx = dy @ w.T, w.T packed into micro-panels straight from w, dy in place.
 
     shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
-    Packing reads w.T through its strides (cols_of): the transposed copy of
-    rungs 2-4 becomes the packing itself. Serial.
+    Packing reads w.T through its strides (cols_of): rung 4's transposed copy
+    becomes the packing itself. Serial.
     """
     N, O = dy.shape
-    tiles_packed(rows_of(dy), cols_of(w), dx.reshape(dx.size), N, O, w.shape[0], False)
+    tiles_packed(rows_of(dy), cols_of(w), dx.reshape(dx.size), N, O, w.shape[0], False, False,
+                 False)
 
 
 @njit(**JIT)
-def dw_packed(x, dy, dw):
-    """Rung 5. dw = (dy.T @ x).T, dy.T packed into micro-panels, and x too.
+def dw_packed(x, dy, dw, kc):
+    """Rung 5. dw = (dy.T @ x).T as rung 4, each kc-row step of dy.T packed into micro-panels.
 
     shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
-    Serial.
+    x stays in place (copying it would cost a pass over all of x); only its
+    last partial panel is packed. Serial.
     """
     N, I = x.shape
     O = dy.shape[1]
     dwt = np.empty((O, I), dw.dtype)
-    tiles_packed(cols_of(dy), rows_of(x), dwt.reshape(dwt.size), O, N, I, True)
+    dyf, xf = dy.reshape(dy.size), x.reshape(x.size)
+    for n in range(0, max(N, 1), kc):
+        k = min(kc, N - n)
+        tiles_packed((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I,
+                     True, True, n > 0)
     dw[:] = dwt.T
 
 
@@ -481,8 +503,9 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
     ap = np.empty(-(-min(mc, M) // MR) * MR * kmax if packed_a else 0, A[0].dtype)
     p0 = N - N % nr if b_in_place else 0  # B's columns from p0 on are packed
     bp = np.empty(-(-(N - p0) // nr) * nr * kmax, A[0].dtype)
-    for pc in range(0, max(K, 1), kc):  # an empty sum (K = 0) still writes C = 0 (+ bias)
-        kk = min(kc, K - pc)
+    abuf = ap if packed_a else A[0]  # chosen once: an array assigned inside the loops costs
+    for pc in range(0, max(K, 1), kc):  # reference counting per call. An empty sum (K = 0)
+        kk = min(kc, K - pc)              # still writes C = 0 (+ bias).
         last = pc + kc >= K
         pack_b(B, pc, kk, p0, N - p0, bp)
         for ic in range(0, M, mc):
@@ -490,18 +513,19 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
             if packed_a:
                 pack_a(A, ic, mm, pc, kk, ap, Y, masked, db)
             for jr in range(0, N, nr):
-                if jr < p0:
-                    bbuf, boffs = B[0], (B[1] + pc * B[2] + jr, B[2])
-                else:
-                    bbuf, boffs = bp, ((jr - p0) * kk, nr)
                 for ir in range(0, mm, MR):
                     if packed_a:
-                        abuf, aoffs = ap, (ir * kk, 1, MR)
+                        aoffs = (ir * kk, 1, MR)
                     else:
-                        abuf, aoffs = A[0], (A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3])
-                    micro(abuf, bbuf, c, bias, aoffs + boffs + (co + (ic + ir) * ldc + jr, ldc, jr),
-                          (kk, min(MR, mm - ir), min(nr, N - jr)),
-                          (pc > 0, last and bias.size > 0, relu and last))
+                        aoffs = (A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3])
+                    coffs = (co + (ic + ir) * ldc + jr, ldc, jr)
+                    dims = (kk, min(MR, mm - ir), min(nr, N - jr))
+                    flags = (pc > 0, last and bias.size > 0, relu and last)
+                    if jr < p0:  # a whole panel of B, read where it lies
+                        micro(abuf, B[0], c, bias, aoffs + (B[1] + pc * B[2] + jr, B[2]) + coffs,
+                              dims, flags)
+                    else:        # a packed panel
+                        micro(abuf, bp, c, bias, aoffs + ((jr - p0) * kk, nr) + coffs, dims, flags)
 
 
 @njit(**JIT)
