@@ -387,17 +387,29 @@ def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
     Rung 8's fusions, off in rungs 5-7 (masked False, db empty): with masked,
     a value is packed as 0 where Y <= 0 (d = where(y > 0, dy, 0), never
     stored as an array); with db (M,), db[m0 + r] += every value packed.
+    The loops run along A's contiguous axis: k inside for rows contiguous
+    along k (dy for dx), r inside otherwise (dy.T for dw).
     """
     for p0 in range(0, mc, MR):
         rows = min(MR, mc - p0)
-        for k in range(kc):
+        if A[3] == 1:
             for r in range(rows):
-                v = at(A, m0 + p0 + r, k0 + k)
-                if masked and not at(Y, m0 + p0 + r, k0 + k) > 0:
-                    v = 0.0
-                dst[p0 * kc + k * MR + r] = v
-                if db.size > 0:
-                    db[m0 + p0 + r] += v
+                for k in range(kc):
+                    v = at(A, m0 + p0 + r, k0 + k)
+                    if masked and not at(Y, m0 + p0 + r, k0 + k) > 0:
+                        v = 0.0
+                    dst[p0 * kc + k * MR + r] = v
+                    if db.size > 0:
+                        db[m0 + p0 + r] += v
+        else:
+            for k in range(kc):
+                for r in range(rows):
+                    v = at(A, m0 + p0 + r, k0 + k)
+                    if masked and not at(Y, m0 + p0 + r, k0 + k) > 0:
+                        v = 0.0
+                    dst[p0 * kc + k * MR + r] = v
+                    if db.size > 0:
+                        db[m0 + p0 + r] += v
 
 
 @njit(**JIT)
