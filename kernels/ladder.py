@@ -1,34 +1,42 @@
-"""The optimisation ladder: the same two products, six ways, from the formula to fast.
+"""The optimisation ladder: the layer's three products, eight ways, from the formula to the engine.
 
-    weight gradient   dw[i, j] = sum_n x[n, i] * dy[n, j]    numpy: x.T @ dy
-    forward           y[n, j]  = sum_i x[n, i] * w[i, j]     numpy: x @ w   (+ b, ReLU in rung 6)
+    weight gradient   dw[i, j] = sum_n x[n, i] * dy[n, j]    numpy: x.T @ dy   (+ db = dy.sum(0), rung 8)
+    forward           y[n, j]  = sum_i x[n, i] * w[i, j]     numpy: x @ w      (+ b, then ReLU, rung 8)
+    input gradient    dx[n, i] = sum_j dy[n, j] * w[i, j]    numpy: dy @ w.T   (dy masked by y > 0, rung 8)
 
-shapes: x (N, I), w (I, O), b (O,), dy (N, O), dw (I, O), y (N, O).
+shapes: x (N, I), w (I, O), b (O,), dy (N, O), dw (I, O), y (N, O), dx (N, I); all C order.
 
-    rung 1  dw_naive     y_naive       the formula's loops, as written
-    rung 2  dw_rows      y_rows        loop order: the innermost loop walks contiguous memory
-    rung 3  dw_register  y_register    register blocking: a 4x4 block of x held in registers
-    rung 4  dw_cache     y_cache       cache blocking: a slice of the streamed operand stays in L1
-    rung 5  dw_parallel  y_parallel    prange: threads, race-free by construction
-    rung 6  dw_db_fused  y_fused       fusion: db from the same pass over dy; bias+ReLU epilogue
+    rung 1  *_naive      the formula's loops, as written
+    rung 2  *_rows       loop order: the innermost loop walks contiguous memory
+    rung 3  *_register   register blocking: a 4x4 block of the left operand in scalars (madd4x4)
+    rung 4  *_micro      the register micro-kernel: an MR x NR tile of the *output* in registers
+                         for the whole sum (micro.micro, the production micro-kernel)
+    rung 5  *_packed     packing: the operand read as NR-wide vectors is copied into micro-panels
+    rung 6  *_blocked    the five loops: KC x MC blocks, packed per block, stay in L2 / L1
+    rung 7  *_parallel   threads (prange), race-free by construction
+    rung 8  *_fused      fusion: bias + ReLU in the micro-kernel's epilogue (forward), db summed
+                         while dy is packed (dw), the ReLU mask applied while dy is packed (dx)
 
-From rung 3 on, both products are the same problem, ``c += a @ b``, done by one
-micro-kernel (madd4x4) and its edge loop (madd): the forward with a = x, b = w,
-c = y; the weight gradient with a = x.T (a transposed *view*, no copy), b = dy,
-c = dw. What differs is which axis is summed: i for the forward, the batch n
-for the weight gradient. That decides which loops go outside.
+From rung 3 on every product is one problem, C = A @ B:
 
-Every rung overwrites its output array (it is never read first). Block sizes
-are arguments (nb rows of the batch per block, kb slice of the summed axis of
-the forward), so the tests can use odd ones and the CLI can experiment; see
-docs/ladder.md for why each rung is faster and python -m lingrad ladder to time
-them. These are study kernels: lingrad.linear / lingrad.weight_grad run the
-production engine in engine.py (docs/ladder.md).
+    forward   C = y     A = x      B = w       summed axis i (I)
+    dx        C = dx    A = dy     B = w.T     summed axis j (O)
+    dw        C = dw.T  A = dy.T   B = x       summed axis n, the batch (rungs 4-8; rung 3: dw = x.T @ dy)
+
+Rungs 4-8 hand operands to the micro-kernel as views ``(buf, off, rs, cs)``: a
+flat array and the offset, row stride and column stride of a matrix in it, so
+a transpose (dy.T, w.T) is a pair of strides, never a copy. Rungs 4-8 are
+written here, in this file, from the same ideas as the engine
+(kernels/engine.py), which lingrad.linear / weight_grad / input_grad run;
+rung 8 is the engine's technique (docs/ladder.md compares them). Every rung
+overwrites its output (never reads it first). Block sizes are arguments, so the
+tests can use odd ones; python -m lingrad ladder passes kernels/config.py's.
 """
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, PJIT
+from .config import JIT, MR, NV, PJIT, VECTOR_BYTES
+from .micro import micro
 
 
 @njit(**JIT)
@@ -96,6 +104,24 @@ def dw_rows(x, dy, dw):
 
 
 @njit(**JIT)
+def dx_naive(dy, w, dx):
+    """Rung 1. dx[n, i] = sum_j dy[n, j] * w[i, j], loops in the formula's order (n, i, j).
+
+    shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
+    Both dy[n, :] and w[i, :] are read along a row (contiguous): a dot product
+    of length O per output, summed with horizontal adds. Serial.
+    """
+    N, O = dy.shape
+    I = w.shape[0]
+    for n in range(N):
+        for i in range(I):
+            s = dx.dtype.type(0)
+            for j in range(O):
+                s += dy[n, j] * w[i, j]
+            dx[n, i] = s
+
+
+@njit(**JIT)
 def y_rows(x, w, y):
     """Rung 2. y[n, :] = sum_i x[n, i] * w[i, :], loops (n, i, j).
 
@@ -111,6 +137,26 @@ def y_rows(x, w, y):
             s = x[n, i]
             for j in range(O):
                 y[n, j] += s * w[i, j]
+
+
+@njit(**JIT)
+def dx_rows(dy, w, dx):
+    """Rung 2. dx[n, :] = sum_j dy[n, j] * w.T[j, :], loops (n, j, i), on a transposed copy of w.
+
+    shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
+    The mirror of y_rows: row n of dx is built from O scaled rows of w.T (axpy).
+    w.T is copied once to C order (I x O values), so the innermost loop over i
+    is contiguous in w.T[j, :] and dx[n, :] and vectorises, where rung 1 needed
+    a horizontal sum per output. Serial.
+    """
+    N, O = dy.shape
+    wt = np.ascontiguousarray(w.T)
+    dx[:] = 0
+    for n in range(N):
+        for j in range(O):
+            s = dy[n, j]
+            for i in range(wt.shape[1]):
+                dx[n, i] += s * wt[j, i]
 
 
 # ---- rung 3: register blocking (one micro-kernel for both products) ------------
@@ -193,50 +239,370 @@ def y_register(x, w, y):
     madd_tiles(x, w, y, 0, N, 0, I)
 
 
-# ---- rung 4: cache blocking -----------------------------------------------------
 @njit(**JIT)
-def dw_cache(x, dy, dw, nb):
-    """Rung 4. dw = x.T @ dy over blocks of nb rows of the batch.
+def dx_register(dy, w, dx):
+    """Rung 3. dx = dy @ w.T in 4x4 register blocks of (n, j), on a transposed copy of w.
 
-    shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
-    Rung 3 is this with nb = 4. With nb = 64, the block dy[n:n+nb] (64 x O)
-    stays in L1 while madd_tiles walks all of i, and each 4-row tile of dw is
-    updated nb/4 times in a row while it is in L1, instead of once per visit.
+    shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
+    y_register with a = dy, b = w.T (copied once to C order). Serial.
+    """
+    N, O = dy.shape
+    dx[:] = 0
+    madd_tiles(dy, np.ascontiguousarray(w.T), dx, 0, N, 0, O)
+
+
+# ---- views: a matrix as (flat buffer, offset, row stride, column stride) ----------------
+@njit(**JIT)
+def lanes(a):
+    """NR, the micro-kernel's columns for a's dtype: NV vectors of VECTOR_BYTES bytes."""
+    return NV * (VECTOR_BYTES // a.itemsize)
+
+
+@njit(**JIT)
+def rows_of(a):
+    """a (R, S), C order, as the view (flat buffer, 0, S, 1)."""
+    return a.reshape(a.size), 0, a.shape[1], 1
+
+
+@njit(**JIT)
+def cols_of(a):
+    """a.T for a (R, S) in C order, as the view (flat buffer, 0, 1, S): a transpose is two strides."""
+    return a.reshape(a.size), 0, 1, a.shape[1]
+
+
+@njit(**JIT)
+def at(V, r, c):
+    """V[r, c] of a view V = (buf, off, rs, cs)."""
+    return V[0][V[1] + r * V[2] + c * V[3]]
+
+
+# ---- rung 4: the register micro-kernel ---------------------------------------------------
+@njit(**JIT)
+def tiles_micro(A, B, c, M, K, N, beta):
+    """c (M x N, C order) = A @ B (+ c when beta), one MR x NR tile at a time. Serial.
+
+    A (M x K): any strides. B (K x N): rows contiguous (unit column stride).
+    micro.micro holds the tile of C in MR x NV vector registers for the whole
+    sum over k and stores it once; per k it loads NV vectors of B and
+    broadcasts MR values of A (its contract: kernels/micro.py). It reads whole
+    NR-wide vectors of B, so the last, partial panel of B's columns is copied
+    into a zero-padded K x NR buffer (a vector past B's last row would leave
+    its memory); every other panel is read where it lies.
+    Loops: ir (MR rows of A, which stay in L1) outside, jr (a panel of NR
+    columns of B) inside, as rung 3's m outside and j inside.
+    """
+    b = B[0]
+    nr = lanes(c)
+    full = N - N % nr
+    edge = np.zeros(K * nr, b.dtype)
+    for k in range(K):
+        for p in range(full, N):
+            edge[k * nr + p - full] = at(B, k, p)
+    none = np.empty(0, c.dtype)
+    for ir in range(0, M, MR):
+        aoffs = (A[1] + ir * A[2], A[2], A[3])
+        for jr in range(0, N, nr):
+            coffs = (ir * N + jr, N, 0)
+            dims = (K, min(MR, M - ir), min(nr, N - jr))
+            if jr < full:
+                micro(A[0], b, c, none, aoffs + (B[1] + jr * B[3], B[2]) + coffs, dims,
+                      (beta, False, False))
+            else:
+                micro(A[0], edge, c, none, aoffs + (0, nr) + coffs, dims, (beta, False, False))
+
+
+@njit(**JIT)
+def y_micro(x, w, y):
+    """Rung 4. y = x @ w by the register micro-kernel, x and w read in place.
+
+    shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
+    A = x, B = w, C = y. Each MR x NR tile of y (12 x 32 with AVX-512 float32)
+    is summed in registers over all of i and stored once: no load or store of
+    y inside the sum, where rung 3 loaded and stored y once per 4 multiply-adds.
     Serial.
     """
     N, I = x.shape
-    dw[:] = 0
-    for n in range(0, N, nb):
-        madd_tiles(x.T, dy, dw, 0, I, n, min(N, n + nb))
+    tiles_micro(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False)
 
 
 @njit(**JIT)
-def y_rows_block(x, w, y, n0, n1, kb):
-    """y[n0:n1] = x[n0:n1] @ w, with the summed axis i cut into kb-long slices. Serial.
+def dx_micro(dy, w, dx):
+    """Rung 4. dx = dy @ w.T by the register micro-kernel, on a transposed copy of w.
 
-    shapes: x (N, I), w (I, O), y (N, O). The slice w[i:i+kb] (kb x O) stays in
-    L1 while every row of the block uses it. Overwrites y[n0:n1] only.
+    shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
+    A = dy (in place), B = w.T copied once to C order: the micro-kernel loads
+    B's rows as vectors, and w.T's rows are w's columns. Serial.
     """
-    I = x.shape[1]
-    y[n0:n1] = 0
-    for i in range(0, I, kb):
-        madd_tiles(x, w, y, n0, n1, i, min(I, i + kb))
+    N, O = dy.shape
+    wt = np.ascontiguousarray(w.T)
+    tiles_micro(rows_of(dy), rows_of(wt), dx.reshape(dx.size), N, O, w.shape[0], False)
 
 
 @njit(**JIT)
-def y_cache(x, w, y, nb, kb):
-    """Rung 4. y = x @ w in blocks of nb rows of y times kb-long slices of i.
+def dw_micro(x, dy, dw, kc):
+    """Rung 4. dw = (dy.T @ x).T by the register micro-kernel, kc rows of the batch at a time.
+
+    shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
+    A = dy.T (a view: strides 1 and O), B = x, C = dw.T (O x I), transposed into
+    dw at the end (I x O values). As in rungs 2-3 the batch is the outer loop:
+    each step of kc rows adds dy[n:n+kc].T @ x[n:n+kc] into dw.T, every tile
+    summed over the kc rows in registers (the micro-kernel's beta: the first
+    step overwrites). The kc x I rows of x in use stay in L2 while every tile
+    reads them. The transposed form puts the long axis I along the vectors:
+    rows of x are read as they lie. Serial.
+    """
+    N, I = x.shape
+    O = dy.shape[1]
+    dwt = np.empty((O, I), dw.dtype)
+    dyf, xf = dy.reshape(dy.size), x.reshape(x.size)
+    for n in range(0, max(N, 1), kc):  # an empty batch still writes dw = 0
+        k = min(kc, N - n)
+        tiles_micro((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I, n > 0)
+    dw[:] = dwt.T
+
+
+# ---- rung 5: packing into micro-panels --------------------------------------------------
+@njit(**JIT)
+def pack_b(B, k0, kc, n0, nc, dst):
+    """dst[(p // NR) * kc * NR + k * NR + p % NR] = B[k0 + k, n0 + p] for k < kc, p < nc. Serial.
+
+    NR-column micro-panels, k-major, zero-padded to whole panels: each panel is
+    the kc x NR values the micro-kernel reads, in the order it reads them, one
+    contiguous stream. B may have any strides (w.T is packed straight from w).
+    """
+    nr = lanes(dst)
+    for j in range(0, nc, nr):
+        for k in range(kc):
+            for p in range(nr):
+                dst[j * kc + k * nr + p] = at(B, k0 + k, n0 + j + p) if j + p < nc else 0.0
+
+
+@njit(**JIT)
+def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
+    """dst[(r // MR) * kc * MR + k * MR + r % MR] = A[m0 + r, k0 + k] for r < mc, k < kc. Serial.
+
+    MR-row micro-panels, k-major: the micro-kernel reads one as a view with row
+    stride 1 and column stride MR, MR adjacent values per k. Rows past mc in
+    the last panel are not written (the micro-kernel never stores them).
+    Rung 8's fusions, off in rungs 5-7 (masked False, db empty): with masked,
+    a value is packed as 0 where Y <= 0 (d = where(y > 0, dy, 0), never
+    stored as an array); with db (M,), db[m0 + r] += every value packed.
+    The loops run along A's contiguous axis: k inside for rows contiguous
+    along k (dy for dx), r inside otherwise (dy.T for dw).
+    """
+    for p0 in range(0, mc, MR):
+        rows = min(MR, mc - p0)
+        if A[3] == 1:
+            for r in range(rows):
+                for k in range(kc):
+                    v = at(A, m0 + p0 + r, k0 + k)
+                    if masked and not at(Y, m0 + p0 + r, k0 + k) > 0:
+                        v = 0.0
+                    dst[p0 * kc + k * MR + r] = v
+                    if db.size > 0:
+                        db[m0 + p0 + r] += v
+        else:
+            for k in range(kc):
+                for r in range(rows):
+                    v = at(A, m0 + p0 + r, k0 + k)
+                    if masked and not at(Y, m0 + p0 + r, k0 + k) > 0:
+                        v = 0.0
+                    dst[p0 * kc + k * MR + r] = v
+                    if db.size > 0:
+                        db[m0 + p0 + r] += v
+
+
+@njit(**JIT)
+def tiles_packed(A, B, c, M, K, N, packed_a, b_in_place, beta):
+    """c (M x N, C order) = A @ B (+ c when beta) as tiles_micro, from micro-panels. Serial.
+
+    B is packed into NR-column micro-panels (zero-padded: no edge case is left
+    for the micro-kernel), so each micro-kernel call streams one contiguous
+    panel instead of NV vectors from each of K rows far apart; with
+    b_in_place only its last, partial panel is (a B too large to copy). With
+    packed_a, A is packed into MR-row micro-panels too.
+    """
+    nr = lanes(c)
+    p0 = N - N % nr if b_in_place else 0  # B's columns from p0 on are packed
+    bp = np.empty(-(-(N - p0) // nr) * nr * K, B[0].dtype)
+    pack_b(B, 0, K, p0, N - p0, bp)
+    none = np.empty(0, c.dtype)
+    ap = np.empty(-(-M // MR) * MR * K if packed_a else 0, A[0].dtype)
+    if packed_a:
+        pack_a(A, 0, M, 0, K, ap, A, False, none)
+    abuf = ap if packed_a else A[0]
+    for ir in range(0, M, MR):
+        if packed_a:
+            aoffs = (ir * K, 1, MR)
+        else:
+            aoffs = (A[1] + ir * A[2], A[2], A[3])
+        for jr in range(0, N, nr):
+            coffs = (ir * N + jr, N, 0)
+            dims = (K, min(MR, M - ir), min(nr, N - jr))
+            if jr < p0:
+                micro(abuf, B[0], c, none, aoffs + (B[1] + jr, B[2]) + coffs, dims,
+                      (beta, False, False))
+            else:
+                micro(abuf, bp, c, none, aoffs + ((jr - p0) * K, nr) + coffs, dims,
+                      (beta, False, False))
+
+
+@njit(**JIT)
+def y_packed(x, w, y):
+    """Rung 5. y = x @ w by the micro-kernel, w packed into micro-panels, x read in place.
 
     shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
-    The nb x O block of y and the kb x O slice of w both stay in L1, where
-    rung 3 streamed all of w (I x O) from L2 for every 4 rows. Serial.
+    x is read along its rows, one value at a time broadcast: packing it would
+    copy all of x to gain nothing. Serial.
     """
-    N = x.shape[0]
-    for n in range(0, N, nb):
-        y_rows_block(x, w, y, n, min(N, n + nb), kb)
+    N, I = x.shape
+    tiles_packed(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False, False, False)
 
 
-# ---- rung 5: threads --------------------------------------------------------------
+@njit(**JIT)
+def dx_packed(dy, w, dx):
+    """Rung 5. dx = dy @ w.T, w.T packed into micro-panels straight from w, dy in place.
+
+    shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
+    Packing reads w.T through its strides (cols_of): rung 4's transposed copy
+    becomes the packing itself. Serial.
+    """
+    N, O = dy.shape
+    tiles_packed(rows_of(dy), cols_of(w), dx.reshape(dx.size), N, O, w.shape[0], False, False,
+                 False)
+
+
+@njit(**JIT)
+def dw_packed(x, dy, dw, kc):
+    """Rung 5. dw = (dy.T @ x).T as rung 4, each kc-row step of dy.T packed into micro-panels.
+
+    shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
+    x stays in place (copying it would cost a pass over all of x); only its
+    last partial panel is packed. Serial.
+    """
+    N, I = x.shape
+    O = dy.shape[1]
+    dwt = np.empty((O, I), dw.dtype)
+    dyf, xf = dy.reshape(dy.size), x.reshape(x.size)
+    for n in range(0, max(N, 1), kc):
+        k = min(kc, N - n)
+        tiles_packed((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I,
+                     True, True, n > 0)
+    dw[:] = dwt.T
+
+
+# ---- rung 6: the five loops (cache blocking around the micro-kernel) ---------------------
+@njit(**JIT)
+def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, masked, db):
+    """C[:M] = A @ B (M x K times K x N) in BLIS's loops around the micro-kernel. Serial.
+
+    C = (flat buffer, offset, row stride), C order. Loops, outermost first:
+      (jc: NC columns of B, for L3: one block here, all of B's columns fit)
+      pc: a kc slice of the summed axis: B's kc x N block is packed (its panels stay in L2)
+      ic: mc rows of C: A's mc x kc block is packed when packed_a (it stays in L2/L1)
+      jr: one NR-wide micro-panel of B (in L1 while the ir loop reuses it)
+      ir: one MR-row micro-panel of A: one micro-kernel call, kc steps
+    The first kc slice overwrites C, later ones add to it (the micro-kernel's beta).
+    b_in_place: B's whole panels are read where they lie (a B too large to
+    copy, with contiguous rows: x for dw), only its last partial panel packed.
+    Rung 8's fusions, off in rungs 6-7 (bias empty, relu and masked False, db
+    empty): bias and ReLU applied by the micro-kernel after the last slice,
+    in registers; the mask and db applied in pack_a.
+    """
+    c, co, ldc = C
+    nr = lanes(c)
+    kmax = min(kc, max(K, 1))
+    ap = np.empty(-(-min(mc, M) // MR) * MR * kmax if packed_a else 0, A[0].dtype)
+    p0 = N - N % nr if b_in_place else 0  # B's columns from p0 on are packed
+    bp = np.empty(-(-(N - p0) // nr) * nr * kmax, A[0].dtype)
+    abuf = ap if packed_a else A[0]  # chosen once: an array assigned inside the loops costs
+    for pc in range(0, max(K, 1), kc):  # reference counting per call. An empty sum (K = 0)
+        kk = min(kc, K - pc)              # still writes C = 0 (+ bias).
+        last = pc + kc >= K
+        pack_b(B, pc, kk, p0, N - p0, bp)
+        for ic in range(0, M, mc):
+            mm = min(mc, M - ic)
+            if packed_a:
+                pack_a(A, ic, mm, pc, kk, ap, Y, masked, db)
+            for jr in range(0, N, nr):
+                for ir in range(0, mm, MR):
+                    if packed_a:
+                        aoffs = (ir * kk, 1, MR)
+                    else:
+                        aoffs = (A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3])
+                    coffs = (co + (ic + ir) * ldc + jr, ldc, jr)
+                    dims = (kk, min(MR, mm - ir), min(nr, N - jr))
+                    flags = (pc > 0, last and bias.size > 0, relu and last)
+                    if jr < p0:  # a whole panel of B, read where it lies
+                        micro(abuf, B[0], c, bias, aoffs + (B[1] + pc * B[2] + jr, B[2]) + coffs,
+                              dims, flags)
+                    else:        # a packed panel
+                        micro(abuf, bp, c, bias, aoffs + ((jr - p0) * kk, nr) + coffs, dims, flags)
+
+
+@njit(**JIT)
+def y_blocked(x, w, y, mc, kc):
+    """Rung 6. y = x @ w in the five loops: kc-long slices of i, mc rows of y per block.
+
+    shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
+    x read in place (its rows are contiguous along the sum), w packed per kc
+    slice. With kc >= I and mc = MR (the ladder shape's choice, as plan.py's)
+    these are rung 5's loops: blocking pays where a slice of B or the rows of A
+    would not stay in cache (docs/ladder.md). Serial.
+    """
+    N, I = x.shape
+    none = np.empty(0, y.dtype)
+    five_loops(rows_of(x), rows_of(w), (y.reshape(y.size), 0, w.shape[1]), N, I, w.shape[1],
+               mc, kc, False, False, none, False, rows_of(x), False, none)
+
+
+@njit(**JIT)
+def dx_blocked(dy, w, dx, mc, kc):
+    """Rung 6. dx = dy @ w.T in the five loops; w.T packed per kc slice of j, dy in place.
+
+    shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T   Serial.
+    """
+    N, O = dy.shape
+    I = w.shape[0]
+    none = np.empty(0, dx.dtype)
+    five_loops(rows_of(dy), cols_of(w), (dx.reshape(dx.size), 0, I), N, O, I,
+               mc, kc, False, False, none, False, rows_of(dy), False, none)
+
+
+@njit(**JIT)
+def dwt_blocked(x, dy, n0, n1, c, mc, kc, db):
+    """c (O x I, C order) = dy[n0:n1].T @ x[n0:n1] in the five loops, and db += dy[n0:n1].sum(0)
+    when db is not empty (rung 8). Serial.
+
+    A = dy.T packed per mc x kc block (kc rows of the batch), B = x read in
+    place (its kc x I block stays in L2 while all of A's panels use it), its
+    last partial panel packed.
+    """
+    I = x.shape[1]
+    O = dy.shape[1]
+    A = (dy.reshape(dy.size), n0 * O, 1, O)
+    none = np.empty(0, c.dtype)
+    five_loops(A, (x.reshape(x.size), n0 * I, I, 1), (c, 0, I), O, n1 - n0, I, mc, kc, True, True,
+               none, False, A, False, db)
+
+
+@njit(**JIT)
+def dw_blocked(x, dy, dw, mc, kc):
+    """Rung 6. dw = (dy.T @ x).T in the five loops: kc rows of the batch per block.
+
+    shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
+    Rungs 4-5 sum over the whole batch for each tile: every panel of x
+    (N x NR) is streamed once per MR rows of dw.T, from memory or L3. Here a
+    kc x I block of x is brought in once and used by every tile before the
+    next: x crosses from memory once. Serial.
+    """
+    O = dy.shape[1]
+    dwt = np.empty((O, x.shape[1]), dw.dtype)
+    dwt_blocked(x, dy, 0, x.shape[0], dwt.reshape(dwt.size), mc, kc, np.empty(0, dw.dtype))
+    dw[:] = dwt.T
+
+
+# ---- rung 7: threads ----------------------------------------------------------------------
 @njit(**JIT)
 def chunk(N, T, t):
     """Rows [n0, n1) of chunk t when N rows are cut into T nearly equal chunks."""
@@ -254,53 +620,141 @@ def merge(part, out):
 
 
 @njit(**PJIT)
-def merge_rows(part, dw):
-    """dw[i, :] = sum_t part[t, i, :] with part (T, I*O) holding T partial dw's flattened.
+def merge_transposed(part, dw):
+    """dw[i, j] = sum_t part[t, j * I + i]: T partial dw.T's (O x I, flattened) summed into dw.
 
-    numpy: dw[:] = part.sum(0).reshape(dw.shape)
+    numpy: dw[:] = part.reshape(T, O, I).sum(0).T
     Parallel over rows i of dw: each iteration owns dw[i], so it is race-free.
     """
-    O = dw.shape[1]
-    for i in prange(dw.shape[0]):
-        merge(part[:, i * O:(i + 1) * O], dw[i])
+    I, O = dw.shape
+    for i in prange(I):
+        for j in range(O):
+            s = dw.dtype.type(0)
+            for t in range(part.shape[0]):
+                s += part[t, j * I + i]
+            dw[i, j] = s
+
+
+@njit(**JIT)
+def y_parallel(x, w, y, mc, kc, T):
+    """Rung 7. y = x @ w on T threads, each running rung 6 on its own rows of y.
+
+    shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
+    Parallel over T chunks of the batch, an output axis: chunk t reads x's rows
+    and writes y's rows n0:n1 only, so it is race-free with no partials and no
+    merge. Each thread packs its own copy of w (I * O values). Rung 8
+    passes b and relu; rung 7 passes neither.
+    """
+    y_rows_fused(x, w, y, mc, kc, T, np.empty(0, y.dtype), False)
 
 
 @njit(**PJIT)
-def dw_parallel(x, dy, dw, nb, T):
-    """Rung 5. dw = x.T @ dy on all threads, with per-thread partial sums.
-
-    shapes: x (N, I), dy (N, O), dw (I, O); T chunks, one per thread
-    (numba.get_num_threads()).   numpy: dw[:] = x.T @ dy
-    Parallel over T chunks of the batch, the summed axis: chunk t runs rung 4
-    on its rows into its own partial part[t] (I x O), so no two threads write
-    the same element. Writing dw[i, j] += ... from every thread instead would
-    race (lost updates). The T partials are then summed by merge_rows,
-    parallel over rows of dw (each iteration owns its row).
-    """
+def y_rows_fused(x, w, y, mc, kc, T, b, relu):
+    """y = x @ w (+ b) (then ReLU) on T threads, parallel over chunks of rows of y (race-free)."""
     N, I = x.shape
-    O = dy.shape[1]
-    part = np.empty((T, I * O), dw.dtype)
+    O = w.shape[1]
+    xf, yf = x.reshape(x.size), y.reshape(y.size)
     for t in prange(T):
         n0, n1 = chunk(N, T, t)
-        dw_cache(x[n0:n1], dy[n0:n1], part[t].reshape((I, O)), nb)
-    merge_rows(part, dw)
+        five_loops((xf, n0 * I, I, 1), rows_of(w), (yf, n0 * O, O), n1 - n0, I, O, mc, kc,
+                   False, False, b, relu, (xf, n0 * I, I, 1), False, np.empty(0, y.dtype))
 
 
 @njit(**PJIT)
-def y_parallel(x, w, y, nb, kb):
-    """Rung 5. y = x @ w on all threads.   shapes: x (N, I), w (I, O), y (N, O).
+def dx_rows_fused(dy, w, dx, mc, kc, T, y, masked):
+    """dx = d @ w.T on T threads, d = dy, or where(y > 0, dy, 0) when masked (applied while
+    packing dy), parallel over chunks of rows of dx (race-free)."""
+    N, O = dy.shape
+    I = w.shape[0]
+    df, xf, yf = dy.reshape(dy.size), dx.reshape(dx.size), y.reshape(y.size)
+    for t in prange(T):
+        n0, n1 = chunk(N, T, t)
+        five_loops((df, n0 * O, O, 1), cols_of(w), (xf, n0 * I, I), n1 - n0, O, I, mc, kc,
+                   masked, False, np.empty(0, dx.dtype), False, (yf, n0 * O, O, 1), masked,
+                   np.empty(0, dx.dtype))
 
-    numpy: y[:] = x @ w
-    Parallel over blocks of nb rows of y, an output axis: each iteration
-    computes and writes only its own rows y[n:n+nb] (rung 4's block), so it is
-    race-free with no partials and no merge.
+
+@njit(**JIT)
+def dx_parallel(dy, w, dx, mc, kc, T):
+    """Rung 7. dx = dy @ w.T on T threads, each running rung 6 on its own rows of dx.
+
+    shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
+    Parallel over T chunks of the batch, an output axis (rows of dx): race-free,
+    no partials, no merge.
     """
-    N = x.shape[0]
-    for t in prange((N + nb - 1) // nb):
-        y_rows_block(x, w, y, t * nb, min(N, t * nb + nb), kb)
+    dx_rows_fused(dy, w, dx, mc, kc, T, dy, False)
 
 
-# ---- rung 6: fusion -----------------------------------------------------------------
+@njit(**PJIT)
+def dw_db_threads(x, dy, dw, db, mc, kc, T):
+    """dw = x.T @ dy (and db = dy.sum(0) when db is not empty) on T threads, per-thread partials."""
+    N, I = x.shape
+    O = dy.shape[1]
+    part = np.empty((T, O * I), dw.dtype)
+    part_b = np.zeros((T, db.size), dw.dtype)
+    for t in prange(T):
+        n0, n1 = chunk(N, T, t)
+        dwt_blocked(x, dy, n0, n1, part[t], mc, kc, part_b[t])
+    merge_transposed(part, dw)
+    merge(part_b, db)
+
+
+@njit(**JIT)
+def dw_parallel(x, dy, dw, mc, kc, T):
+    """Rung 7. dw = x.T @ dy on T threads, with per-thread partial sums.
+
+    shapes: x (N, I), dy (N, O), dw (I, O); T chunks, one per thread.
+    numpy: dw[:] = x.T @ dy
+    Parallel over T chunks of the batch, the summed axis: chunk t runs rung 6
+    on its rows into its own partial part[t] (dw.T, O x I), so no two threads
+    write the same element; writing dw[i, j] += ... from every thread instead
+    would race (lost updates). merge_transposed then sums the T partials,
+    parallel over rows of dw (each iteration owns its row).
+    """
+    dw_db_threads(x, dy, dw, np.empty(0, dw.dtype), mc, kc, T)
+
+
+# ---- rung 8: fusion -------------------------------------------------------------------------
+@njit(**JIT)
+def y_fused(x, w, b, y, mc, kc, T):
+    """Rung 8. y = max(x @ w + b, 0): bias and ReLU in the micro-kernel's epilogue, T threads.
+
+    shapes: x (N, I), w (I, O), b (O,), y (N, O).   numpy: y[:] = np.maximum(x @ w + b, 0)
+    Rung 7, with the micro-kernel told to add b and apply the ReLU after the
+    last kc slice, while the tile is still in registers: y is stored once,
+    final. Parallel over chunks of rows of y (race-free).
+    """
+    y_rows_fused(x, w, y, mc, kc, T, b, True)
+
+
+@njit(**JIT)
+def dx_fused(dy, w, y, dx, mc, kc, T):
+    """Rung 8. dx = where(y > 0, dy, 0) @ w.T: the ReLU's mask applied while dy is packed.
+
+    shapes: dy (N, O), w (I, O), y (N, O) the forward's ReLU output, dx (N, I).
+    numpy: dx[:] = np.where(y > 0, dy, 0) @ w.T
+    Rung 7, with dy packed per mc x kc block (pack_a) and each value replaced by
+    0 where y <= 0 as it is packed: the masked dy is never an array.
+    Parallel over chunks of rows of dx (race-free).
+    """
+    dx_rows_fused(dy, w, dx, mc, kc, T, y, True)
+
+
+@njit(**JIT)
+def dw_db_fused(x, dy, dw, db, mc, kc, T):
+    """Rung 8. dw = x.T @ dy and db = dy.sum(0), db summed while dy is packed, T threads.
+
+    shapes: x (N, I), dy (N, O), dw (I, O), db (O,).
+    numpy:  dw[:] = x.T @ dy;  db[:] = dy.sum(0)
+    Rung 7, with pack_a adding each value of dy.T it packs into thread t's
+    partial db (oneDNN's diff_bias): one add per value that is packed anyway,
+    and dy is read once for both gradients. Per-thread partials for both
+    (race-free), merged after.
+    """
+    dw_db_threads(x, dy, dw, db, mc, kc, T)
+
+
+# ---- the unfused second passes that rung 8 saves (the CLI's "7+" rows) ------------------
 @njit(**JIT)
 def colsum(dy, db, n0, n1):
     """db[j] += sum_{n0 <= n < n1} dy[n, j].   numpy: db += dy[n0:n1].sum(0). Serial."""
@@ -309,47 +763,9 @@ def colsum(dy, db, n0, n1):
             db[j] += dy[n, j]
 
 
-@njit(**JIT)
-def dw_db_cache(x, dy, dw, db, nb):
-    """dw = x.T @ dy and db = dy.sum(0) in one pass over dy (rung 4 plus one line). Serial.
-
-    shapes: x (N, I), dy (N, O), dw (I, O), db (O,). Each nb-row block of dy
-    feeds db while it is in L1 for dw. Overwrites dw and db.
-    """
-    N, I = x.shape
-    dw[:] = 0
-    db[:] = 0
-    for n in range(0, N, nb):
-        n1 = min(N, n + nb)
-        madd_tiles(x.T, dy, dw, 0, I, n, n1)
-        colsum(dy, db, n, n1)
-
-
-@njit(**PJIT)
-def dw_db_fused(x, dy, dw, db, nb, T):
-    """Rung 6. dw = x.T @ dy and db = dy.sum(0), fused, on all threads.
-
-    shapes: x (N, I), dy (N, O), dw (I, O), db (O,); T chunks, one per thread.
-    numpy:  dw[:] = x.T @ dy;  db[:] = dy.sum(0)
-    As rung 5, with per-thread partials for both: chunk t writes only
-    part_w[t] and part_b[t] (race-free); merge_rows sums the dw partials in
-    parallel over rows of dw, and the T x O db partials are summed serially
-    (too little work for threads). dy is read once for both gradients.
-    """
-    N, I = x.shape
-    O = dy.shape[1]
-    part_w = np.empty((T, I * O), dw.dtype)
-    part_b = np.empty((T, O), db.dtype)
-    for t in prange(T):
-        n0, n1 = chunk(N, T, t)
-        dw_db_cache(x[n0:n1], dy[n0:n1], part_w[t].reshape((I, O)), part_b[t], nb)
-    merge_rows(part_w, dw)
-    merge(part_b, db)
-
-
 @njit(**PJIT)
 def db_parallel(dy, db, T):
-    """The unfused second pass that rung 6 saves: db = dy.sum(0) on all threads.
+    """db = dy.sum(0) on all threads: the second pass over dy that dw_db_fused saves.
 
     shapes: dy (N, O), db (O,); T chunks, one per thread.   numpy: db[:] = dy.sum(0)
     Parallel over T chunks of the batch with per-thread partials (race-free),
@@ -372,27 +788,23 @@ def bias_relu_rows(y, b, n0, n1):
 
 
 @njit(**PJIT)
-def y_fused(x, w, b, y, nb, kb):
-    """Rung 6. y = max(x @ w + b, 0), the bias and ReLU as an epilogue, on all threads.
-
-    shapes: x (N, I), w (I, O), b (O,), y (N, O).   numpy: y[:] = np.maximum(x @ w + b, 0)
-    Rung 5's row blocks; right after a block of y is complete, while it is in
-    L1, b is added and the ReLU applied. Parallel over blocks of nb rows of y:
-    each iteration owns its rows, so it is race-free.
-    """
-    N = x.shape[0]
-    for t in prange((N + nb - 1) // nb):
-        n0, n1 = t * nb, min(N, t * nb + nb)
-        y_rows_block(x, w, y, n0, n1, kb)
-        bias_relu_rows(y, b, n0, n1)
-
-
-@njit(**PJIT)
 def bias_relu(y, b):
-    """The unfused second pass that rung 6 saves: y = max(y + b, 0) in place, on all threads.
+    """y = max(y + b, 0) in place, on all threads: the second pass over y that y_fused saves.
 
     shapes: y (N, O), b (O,).   numpy: y[:] = np.maximum(y + b, 0)
     Parallel over rows n of y: each iteration owns its row, race-free.
     """
     for n in prange(y.shape[0]):
         bias_relu_rows(y, b, n, n + 1)
+
+
+@njit(**PJIT)
+def relu_mask(dy, y, d):
+    """d = where(y > 0, dy, 0), on all threads: the masked copy of dy that dx_fused never makes.
+
+    shapes: dy, y, d (N, O).   numpy: d[:] = np.where(y > 0, dy, 0)
+    Parallel over rows n: each iteration owns d[n], race-free.
+    """
+    for n in prange(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            d[n, j] = dy[n, j] if y[n, j] > 0 else 0.0

@@ -1,15 +1,17 @@
-"""The optimisation ladder, timed: six rungs from the formula's loops to a fast kernel.
+"""The optimisation ladder, timed: eight rungs from the formula's loops to the engine's technique.
 
     python -m lingrad ladder [--n 50000] [--dtype float32] [--threads T] [--repeats 3]
 
-For the weight gradient dw = x.T @ dy and the forward y = x @ w on the lesson's
-shape (x: N x 784, w: 784 x 50), each rung of lingrad.kernels.ladder is first
-checked against numpy (float64, within a k*eps rounding bound), then all are
-timed interleaved (min of repeats, JIT compilation excluded), followed by
-lingrad's production kernel and numpy (BLAS pinned to the same thread count).
-Rungs 1-4 are serial kernels (1 thread); rungs 5-6, lingrad and numpy use T.
-Rung 1 is slow: it is timed on the first --naive-n rows and its full-size time
-is extrapolated (marked *). Why each rung is faster: docs/ladder.md.
+For the weight gradient dw = x.T @ dy, the forward y = x @ w and the input
+gradient dx = dy @ w.T on the lesson's shape (x: N x 784, w: 784 x 50), each
+rung of lingrad.kernels.ladder is first checked against numpy (float64, within
+a k*eps rounding bound), then all are timed interleaved (min of repeats, JIT
+compilation excluded), followed by lingrad's production call and numpy (BLAS
+pinned to the same thread count). Rungs 1-6 are serial kernels (1 thread);
+rungs 7-8, lingrad and numpy use T. Rung 1 is slow: it is timed on the first
+--naive-n rows and its full-size time is extrapolated (marked *). The last
+line of each table compares rung 8 with lingrad's production call. Why each
+rung is faster: docs/ladder.md.
 """
 import argparse
 import time
@@ -19,17 +21,10 @@ import numpy as np
 import numpy.typing as npt
 
 import lingrad
+from lingrad import kernels as K
 from lingrad.kernels import ladder as L
 
 from .timing import blas_threads, interleaved_min
-
-# Default block sizes of the ladder (arguments to the kernels; --nb / --kb here):
-# nb rows of the batch (64 x O=50 floats: 12.8 KB float32, 25.6 KB float64,
-# inside a 32 KB L1d), kb-long slices of the forward's summed axis i
-# (64 x 50 slice of w: the same size).
-NB = 64
-KB = 64
-
 
 class Rung:
     """One row of the table: a zero-argument callable, the work it does, how to check it."""
@@ -54,12 +49,22 @@ def within_bound(got: np.ndarray, ref64: np.ndarray, scale: np.ndarray, k: int,
     return bool(np.all(np.abs(got.astype(np.float64) - ref64) <= (k + 2) * eps * scale + 1e-300))
 
 
-def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int, T: int,
-                      nb: int = NB) -> List[Rung]:
-    """The rows for dw = x.T @ dy (and db = dy.sum(0) from rung 6 on)."""
+def blocks(op: str, I: int, O: int) -> Tuple[int, int]:
+    """(mc, kc) for rungs 6-8, from kernels/config.py as lingrad.plan chooses them: the
+    forward and dx take a summed axis up to KC_MAX whole (else KC_BLOCK slices) and MC rows
+    of C per block; dw takes KC_DW rows of the batch by MC_DW outputs per block."""
+    if op == "dw":
+        return K.MC_DW, K.KC_DW
+    k = I if op == "forward" else O
+    return K.MC, (k if k <= K.KC_MAX else K.KC_BLOCK)
+
+
+def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int, T: int) -> List[Rung]:
+    """The rows for dw = x.T @ dy (and db = dy.sum(0) in rung 8)."""
     N, I = x.shape
     O = dy.shape[1]
     dt = x.dtype
+    mc, kc = blocks("dw", I, O)
     dw, db = np.empty((I, O), dt), np.empty(O, dt)
     xs, dys = x[:n_naive], dy[:n_naive]
     X, DY = x.astype(np.float64), dy.astype(np.float64)
@@ -71,7 +76,7 @@ def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int
     f, f_db = 2 * N * I * O, 2 * N * I * O + N * O
 
     def unfused() -> None:
-        L.dw_parallel(x, dy, dw, nb, T)
+        L.dw_parallel(x, dy, dw, mc, kc, T)
         L.db_parallel(dy, db, T)
 
     return [
@@ -80,28 +85,32 @@ def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int
         Rung("2", "dw_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.dw_rows(x, dy, dw), check_dw, "1"),
         Rung("3", "dw_register: 4x4 block of x in registers", 1, f,
              lambda: L.dw_register(x, dy, dw), check_dw, "2"),
-        Rung("4", f"dw_cache: {nb}-row blocks of dy in L1", 1, f,
-             lambda: L.dw_cache(x, dy, dw, nb), check_dw, "3"),
-        Rung("5", "dw_parallel: prange, per-thread partials", T, f,
-             lambda: L.dw_parallel(x, dy, dw, nb, T), check_dw, "4"),
-        Rung("5+", "rung 5, then db in a second pass over dy", T, f_db, unfused, check_dw_db),
-        Rung("6", "dw_db_fused: dw and db from one pass", T, f_db,
-             lambda: L.dw_db_fused(x, dy, dw, db, nb, T), check_dw_db, "5+"),
+        Rung("4", f"dw_micro: micro-kernel, {kc} rows a step", 1, f,
+             lambda: L.dw_micro(x, dy, dw, kc), check_dw, "3"),
+        Rung("5", "dw_packed: + dy.T packed in micro-panels", 1, f,
+             lambda: L.dw_packed(x, dy, dw, kc), check_dw, "4"),
+        Rung("6", f"dw_blocked: five loops, {kc} x {mc} blocks", 1, f,
+             lambda: L.dw_blocked(x, dy, dw, mc, kc), check_dw, "5"),
+        Rung("7", "dw_parallel: prange, per-thread partials", T, f,
+             lambda: L.dw_parallel(x, dy, dw, mc, kc, T), check_dw, "6"),
+        Rung("7+", "rung 7, then db in a second pass over dy", T, f_db, unfused, check_dw_db),
+        Rung("8", "dw_db_fused: db summed while dy is packed", T, f_db,
+             lambda: L.dw_db_fused(x, dy, dw, db, mc, kc, T), check_dw_db, "7+"),
         Rung("lg", "lingrad.weight_grad(x, dy)", T, f, lambda: lingrad.weight_grad(x, dy, out=dw),
-             check_dw, "6"),
+             check_dw, "7"),
         Rung("lg", "lingrad.linear_backward(need_dx=False)", T, f_db,
-             lambda: lingrad.linear_backward(x, w, dy, need_dx=False, out=(None, dw, db)), check_dw_db, "6"),
-        Rung("np", "numpy: x.T @ dy", T, f, lambda: np.matmul(x.T, dy, out=dw), check_dw, "6"),
+             lambda: lingrad.linear_backward(x, w, dy, need_dx=False, out=(None, dw, db)), check_dw_db, "8"),
+        Rung("np", "numpy: x.T @ dy", T, f, lambda: np.matmul(x.T, dy, out=dw), check_dw, "7"),
         Rung("np", "numpy: x.T @ dy, dy.sum(0)", T, f_db,
-             lambda: (np.matmul(x.T, dy, out=dw), dy.sum(0, out=db)), check_dw_db, "6"),
+             lambda: (np.matmul(x.T, dy, out=dw), dy.sum(0, out=db)), check_dw_db, "8"),
     ]
 
 
-def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: int,
-                  nb: int = NB, kb: int = KB) -> List[Rung]:
-    """The rows for y = x @ w (and + b, ReLU from rung 6 on)."""
+def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: int) -> List[Rung]:
+    """The rows for y = x @ w (and + b, then ReLU, in rung 8)."""
     N, I = x.shape
     O = w.shape[1]
+    mc, kc = blocks("forward", I, O)
     y = np.empty((N, O), x.dtype)
     xs = x[:n_naive]
     X, W, B = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
@@ -112,7 +121,7 @@ def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: 
     f, f_relu = 2 * N * I * O, 2 * N * I * O + 2 * N * O
 
     def unfused() -> None:
-        L.y_parallel(x, w, y, nb, kb)
+        L.y_parallel(x, w, y, mc, kc, T)
         L.bias_relu(y, b)
 
     return [
@@ -120,19 +129,67 @@ def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: 
              lambda: L.y_naive(xs, w, y[:n_naive]), check_small, rows_timed=(n_naive, N)),
         Rung("2", "y_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.y_rows(x, w, y), check_y, "1"),
         Rung("3", "y_register: 4x4 block of x in registers", 1, f, lambda: L.y_register(x, w, y), check_y, "2"),
-        Rung("4", f"y_cache: {nb} rows x {kb}-slice of w in L1", 1, f,
-             lambda: L.y_cache(x, w, y, nb, kb), check_y, "3"),
-        Rung("5", "y_parallel: prange over row blocks", T, f,
-             lambda: L.y_parallel(x, w, y, nb, kb), check_y, "4"),
-        Rung("5+", "rung 5, then bias+ReLU in a second pass", T, f_relu, unfused, check_relu),
-        Rung("6", "y_fused: bias+ReLU epilogue per block", T, f_relu,
-             lambda: L.y_fused(x, w, b, y, nb, kb), check_relu, "5+"),
-        Rung("lg", "lingrad.linear(x, w)", T, f, lambda: lingrad.linear(x, w, out=y), check_y, "6"),
+        Rung("4", "y_micro: micro-kernel, tile of y in regs", 1, f, lambda: L.y_micro(x, w, y), check_y, "3"),
+        Rung("5", "y_packed: + w packed in micro-panels", 1, f, lambda: L.y_packed(x, w, y), check_y, "4"),
+        Rung("6", f"y_blocked: five loops, {kc} x {mc} blocks", 1, f,
+             lambda: L.y_blocked(x, w, y, mc, kc), check_y, "5"),
+        Rung("7", "y_parallel: prange over rows of y", T, f,
+             lambda: L.y_parallel(x, w, y, mc, kc, T), check_y, "6"),
+        Rung("7+", "rung 7, then bias+ReLU in a second pass", T, f_relu, unfused, check_relu),
+        Rung("8", "y_fused: bias+ReLU in the epilogue", T, f_relu,
+             lambda: L.y_fused(x, w, b, y, mc, kc, T), check_relu, "7+"),
+        Rung("lg", "lingrad.linear(x, w)", T, f, lambda: lingrad.linear(x, w, out=y), check_y, "7"),
         Rung("lg", "lingrad.linear(x, w, b, relu=True)", T, f_relu,
-             lambda: lingrad.linear(x, w, b, relu=True, out=y), check_relu, "6"),
-        Rung("np", "numpy: x @ w", T, f, lambda: np.matmul(x, w, out=y), check_y, "6"),
+             lambda: lingrad.linear(x, w, b, relu=True, out=y), check_relu, "8"),
+        Rung("np", "numpy: x @ w", T, f, lambda: np.matmul(x, w, out=y), check_y, "7"),
         Rung("np", "numpy: np.maximum(x @ w + b, 0)", T, f_relu,
-             lambda: np.maximum(np.add(np.matmul(x, w, out=y), b, out=y), 0, out=y), check_relu, "6"),
+             lambda: np.maximum(np.add(np.matmul(x, w, out=y), b, out=y), 0, out=y), check_relu, "8"),
+    ]
+
+
+def input_grad_rungs(dy: np.ndarray, w: np.ndarray, y: np.ndarray, n_naive: int, T: int) -> List[Rung]:
+    """The rows for dx = dy @ w.T (dy masked by the forward's ReLU output y > 0 in rung 8)."""
+    N, O = dy.shape
+    I = w.shape[0]
+    mc, kc = blocks("dx", I, O)
+    dx, d = np.empty((N, I), dy.dtype), np.empty((N, O), dy.dtype)
+    dys = dy[:n_naive]
+    DY, W = dy.astype(np.float64), w.astype(np.float64)
+    DM = np.where(y > 0, DY, 0)
+    scale, scale_m = np.abs(DY) @ np.abs(W).T, np.abs(DM) @ np.abs(W).T
+    check_dx = lambda: within_bound(dx, DY @ W.T, scale, O, dy.dtype)  # noqa: E731
+    check_masked = lambda: within_bound(dx, DM @ W.T, scale_m, O, dy.dtype)  # noqa: E731
+    check_small = lambda: within_bound(dx[:n_naive], DY[:n_naive] @ W.T, scale[:n_naive], O, dy.dtype)  # noqa: E731
+    f = 2 * N * I * O
+
+    def unfused() -> None:
+        L.relu_mask(dy, y, d)
+        L.dx_parallel(d, w, dx, mc, kc, T)
+
+    return [
+        Rung("1", "dx_naive: loops n, i, j (formula order)", 1, 2 * n_naive * I * O,
+             lambda: L.dx_naive(dys, w, dx[:n_naive]), check_small, rows_timed=(n_naive, N)),
+        Rung("2", "dx_rows: loops n, j, i (contiguous i)", 1, f, lambda: L.dx_rows(dy, w, dx), check_dx, "1"),
+        Rung("3", "dx_register: 4x4 block of dy in registers", 1, f,
+             lambda: L.dx_register(dy, w, dx), check_dx, "2"),
+        Rung("4", "dx_micro: micro-kernel, tile of dx in regs", 1, f,
+             lambda: L.dx_micro(dy, w, dx), check_dx, "3"),
+        Rung("5", "dx_packed: + w.T packed in micro-panels", 1, f,
+             lambda: L.dx_packed(dy, w, dx), check_dx, "4"),
+        Rung("6", f"dx_blocked: five loops, {kc} x {mc} blocks", 1, f,
+             lambda: L.dx_blocked(dy, w, dx, mc, kc), check_dx, "5"),
+        Rung("7", "dx_parallel: prange over rows of dx", T, f,
+             lambda: L.dx_parallel(dy, w, dx, mc, kc, T), check_dx, "6"),
+        Rung("7+", "mask dy by y > 0 in a pass, then rung 7", T, f, unfused, check_masked),
+        Rung("8", "dx_fused: mask applied while dy is packed", T, f,
+             lambda: L.dx_fused(dy, w, y, dx, mc, kc, T), check_masked, "7+"),
+        Rung("lg", "lingrad.input_grad(dy, w)", T, f, lambda: lingrad.input_grad(dy, w, out=dx),
+             check_dx, "7"),
+        Rung("lg", "lingrad.input_grad(dy, w, relu_out=y)", T, f,
+             lambda: lingrad.input_grad(dy, w, relu_out=y, out=dx), check_masked, "8"),
+        Rung("np", "numpy: dy @ w.T", T, f, lambda: np.matmul(dy, w.T, out=dx), check_dx, "7"),
+        Rung("np", "numpy: np.where(y > 0, dy, 0) @ w.T", T, f,
+             lambda: np.matmul(np.where(y > 0, dy, 0), w.T, out=dx), check_masked, "8"),
     ]
 
 
@@ -140,7 +197,8 @@ def warm(dtype: npt.DTypeLike, T: int) -> None:
     """Compile every rung once on tiny arrays (or load the on-disk cache), so no timing includes it."""
     r = np.random.default_rng(1)
     x, w, dy = (r.standard_normal(s).astype(dtype) for s in ((9, 6), (6, 5), (9, 5)))
-    for rung in weight_grad_rungs(x, dy, w, 9, T) + forward_rungs(x, w, w[0], 9, T):
+    for rung in (weight_grad_rungs(x, dy, w, 9, T) + forward_rungs(x, w, w[0], 9, T)
+                 + input_grad_rungs(dy, w, dy, 9, T)):
         rung.run()
 
 
@@ -170,12 +228,17 @@ def print_table(title: str, rungs: Sequence[Rung]) -> None:
             ms, mark = ms * N / timed, "*"
             notes.append(f"  * rung {r.label} was timed on the first {timed} rows and its ms scaled by "
                          f"{N}/{timed}: an optimistic estimate where the subsample's strided columns "
-                         f"fit in cache and the full batch's do not (dw_naive; see docs/ladder.md). "
+                         f"fit in cache and the full batch's may not (see docs/ladder.md). "
                          f"--naive-n {N} times it in full.")
         step = ""
         if r.baseline is not None:
             step = f"{r.gflops / by_label[r.baseline].gflops:6.1f}x vs {r.baseline}"
         print(f"  {r.label:<4} {r.what:<46} {r.threads:>3} {ms:>8.1f}{mark} {r.gflops:>8.2f}  {step}")
+    final = [r for r in rungs if r.label == "lg" and r.baseline == "8"]
+    if final and "8" in by_label:
+        ratio = final[0].seconds / by_label["8"].seconds
+        print(f"  rung 8 runs at {ratio:.2f}x the speed of {final[0].what} "
+              f"({'within' if ratio >= 0.9 else 'NOT within'} 10% of production, or faster)")
     if notes:
         print("\n".join(notes))
 
@@ -188,15 +251,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--o", type=int, default=50, help="outputs O (default 50)")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--threads", type=int, default=lingrad.get_num_threads(),
-                   help="threads for rungs 5-6, lingrad and numpy (default: all)")
+                   help="threads for rungs 7-8, lingrad and numpy (default: all)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats, min taken (default 3)")
     p.add_argument("--naive-n", type=int, default=2000,
                    help="rows used to time rung 1 (default 2000; >= N times it in full)")
-    p.add_argument("--nb", type=int, default=NB, help=f"rows of the batch per block, rungs 4-6 (default {NB})")
-    p.add_argument("--kb", type=int, default=KB, help=f"slice of i per block, forward rungs 4-6 (default {KB})")
     a = p.parse_args(argv)
-    if min(a.n, a.i, a.o, a.threads, a.repeats, a.naive_n, a.nb, a.kb) < 1:
-        p.error("--n, --i, --o, --threads, --repeats, --naive-n, --nb and --kb must be positive")
+    if min(a.n, a.i, a.o, a.threads, a.repeats, a.naive_n) < 1:
+        p.error("--n, --i, --o, --threads, --repeats and --naive-n must be positive")
     N, I, O, T = a.n, a.i, a.o, a.threads
     dt = np.dtype(a.dtype)
     r = np.random.default_rng(0)
@@ -205,16 +266,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     b = r.standard_normal(O).astype(dt)
     dy = r.standard_normal((N, O)).astype(dt)
     n_naive = min(N, a.naive_n)
+    y = np.maximum(x @ w + b, 0)  # the forward's ReLU output: rung 8 of dx masks dy by y > 0
     print(f"optimisation ladder: x ({N}, {I}), w ({I}, {O}), dy ({N}, {O}), {a.dtype}; "
-          f"rungs 1-4 on 1 thread, the rest on {T}")
+          f"rungs 1-6 on 1 thread, the rest on {T}; micro-kernel {K.MR} x {K.NV} vectors "
+          f"of {K.VECTOR_BYTES} bytes")
     with lingrad.num_threads(T), blas_threads(T):
         t0 = time.perf_counter()
         warm(dt, T)
         print(f"compiled or loaded from cache in {time.perf_counter() - t0:.1f} s (not in any timing)")
-        ok = check_and_time("weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   (rung 6 and '5+': + db)",
-                            weight_grad_rungs(x, dy, w, n_naive, T, a.nb), a.repeats)
-        ok &= check_and_time("forward  y[n, j] = sum_i x[n, i] * w[i, j]   (rung 6 and '5+': + b, then ReLU)",
-                             forward_rungs(x, w, b, n_naive, T, a.nb, a.kb), a.repeats)
+        ok = check_and_time("weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   (rung 8 and '7+': + db)",
+                            weight_grad_rungs(x, dy, w, n_naive, T), a.repeats)
+        ok &= check_and_time("forward  y[n, j] = sum_i x[n, i] * w[i, j]   (rung 8 and '7+': + b, then ReLU)",
+                             forward_rungs(x, w, b, n_naive, T), a.repeats)
+        ok &= check_and_time("input gradient  dx[n, i] = sum_j dy[n, j] * w[i, j]   (rung 8 and '7+': "
+                             "dy masked by y > 0)", input_grad_rungs(dy, w, y, n_naive, T), a.repeats)
     print(f"\nms: best of {a.repeats} interleaved repeats; speedup: GFLOP/s ratio to the rung named. "
           f"lg = lingrad's production kernel, np = numpy.")
     print("every result checked against numpy float64: ok" if ok else "SOME RESULTS DID NOT MATCH numpy")
