@@ -22,7 +22,7 @@ the split over threads: all arrive from plan.py. Nothing here decides.
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, MR, NV, PJIT, VECTOR_BYTES
+from .config import JIT, MERGE_TILE, MR, NV, PJIT, VECTOR_BYTES
 from .micro import micro
 
 
@@ -237,16 +237,21 @@ def merge_part(acc, out, transposed, accumulate, t, T):
     """Share t of T of out[i, j] = sum_s acc[s, j, i] (transposed) or acc[s, i, j] (+ out).
 
     acc (S, R*P) float64 per-thread partials of out (R x P) or of out.T;
-    summed in float64, rounded once to out's dtype. Serial over its rows i.
+    summed in float64, rounded once to out's dtype. Serial over its rows i, in
+    MERGE_TILE x MERGE_TILE tiles, so that a transposed read stays within a few
+    cache lines per row (2048^3 dw: the merge 40 ms -> a few ms).
     """
     R, P = out.shape
-    for i in range(t * R // T, (t + 1) * R // T):
-        for j in range(P):
-            s = out[i, j] + 0.0 if accumulate else 0.0
-            at = j * R + i if transposed else i * P + j
-            for q in range(acc.shape[0]):
-                s += acc[q, at]
-            out[i, j] = s
+    for i0 in range(t * R // T, (t + 1) * R // T, MERGE_TILE):
+        i1 = min(i0 + MERGE_TILE, (t + 1) * R // T)
+        for j0 in range(0, P, MERGE_TILE):
+            for i in range(i0, i1):
+                for j in range(j0, min(j0 + MERGE_TILE, P)):
+                    s = out[i, j] + 0.0 if accumulate else 0.0
+                    at = j * R + i if transposed else i * P + j
+                    for q in range(acc.shape[0]):
+                        s += acc[q, at]
+                    out[i, j] = s
 
 
 @njit(**PJIT)

@@ -22,6 +22,8 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
   stores with masked stores; full tiles use plain loads and stores (masked
   ones are slower on some CPUs).
 - ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
+- Each k prefetches B's row k + PREFETCH (a hint, never a fault): B read in
+  place has rows far apart, which the hardware prefetchers do not follow.
 - Serial; no state. Numba compiles one copy per (A, B, C dtype) triple.
 
 Why an intrinsic: Numba has no vector types, and a block of the output kept
@@ -36,7 +38,7 @@ import llvmlite.ir as ir
 from numba import types
 from numba.extending import intrinsic
 
-from .config import MR, NV, VECTOR_BYTES
+from .config import MR, NV, PREFETCH, VECTOR_BYTES
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -119,6 +121,11 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags):
                     for v in range(NV)]
             bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
                   builder.load(bptr[v], align=align) for v in range(NV)]
+            ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
+            for v in range(NV):
+                _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
+                    builder.bitcast(builder.gep(pb, [builder.add(ahead, I64(v * vl))]),
+                                    ir.IntType(8).as_pointer()), I32(0), I32(3), I32(1)])
             kcol = builder.mul(k, csa)
             new = []
             for r in range(MR):
