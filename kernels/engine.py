@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from .config import JIT, MERGE_TILE, MR, NV, PJIT, VECTOR_BYTES
-from .micro import micro
+from .micro import micro, transpose_tile
 
 
 WHOLE, IN_PLACE, BLOCK = 0, 1, 2  # how B is read: packed whole once, in place, packed per block
@@ -106,10 +106,17 @@ def pack_b(B, Y, masked, k0, kc, n0, nc, ldp, dst):
                 src = B[1] + (k0 + k) * B[2] + (n0 + p0) * B[3]
                 for p in range(nr):
                     dst[base + k * nr + p] = B[0][src + p * B[3]] if p < cols else 0.0
-        else:  # columns contiguous (w.T): along k
+        else:  # columns contiguous (w.T): whole tiles transposed in registers, the rest along k
+            vl = VECTOR_BYTES // dst.itemsize
+            kt = kc - kc % vl if B[2] == 1 else 0
+            pt = cols - cols % vl if B[2] == 1 else 0
+            for p1 in range(0, pt, vl):
+                for k1 in range(0, kt, vl):
+                    transpose_tile(B[0], dst, (B[1] + k0 + k1 + (n0 + p0 + p1) * B[3], B[3],
+                                               base + k1 * nr + p1, nr))
             for p in range(nr):
                 src = B[1] + k0 * B[2] + (n0 + p0 + p) * B[3]
-                for k in range(kc):
+                for k in range(kt if p < pt else 0, kc):
                     dst[base + k * nr + p] = B[0][src + k * B[2]] if p < cols else 0.0
 
 

@@ -1,4 +1,5 @@
-"""The one register micro-kernel, written in LLVM IR through a Numba intrinsic.
+"""The one register micro-kernel, written in LLVM IR through a Numba intrinsic (and the
+register tile transpose that packing w.T uses).
 
 Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 
@@ -188,3 +189,41 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags):
         return context.get_dummy_value()
 
     return types.void(a, b, c, bias, offs, dims, flags), codegen
+
+
+@intrinsic
+def transpose_tile(typingctx, src, dst, offs):
+    """dst[jo + k * ldd + p] = src[io + p * lds + k] for p, k < VL = VECTOR_BYTES / itemsize.
+
+    One VL x VL tile transposed in registers, for packing w.T: VL loads of rows
+    of src, log2(VL) rounds of two-input shuffles (each swaps the off-diagonal
+    blocks of one size), VL stores. offs = (io, lds, jo, ldd); every row read
+    and written is whole. Serial; no state.
+    """
+    def codegen(context, builder, sig, args):
+        io, lds, jo, ldd = _scalars(context, builder, args[2], sig.args[2], types.int64)
+        ps, pd = (context.make_array(t)(context, builder, v).data for t, v in zip(sig.args[:2], args[:2]))
+        elt = context.get_data_type(sig.args[0].dtype)
+        align = context.get_abi_sizeof(elt)
+        vl = VECTOR_BYTES // align
+        vt = ir.VectorType(elt, vl)
+        rows = [builder.load(builder.bitcast(builder.gep(ps, [builder.add(io, builder.mul(I64(p), lds))]),
+                                             vt.as_pointer()), align=align) for p in range(vl)]
+        h = vl // 2
+        while h:
+            for r in range(vl):
+                if r & h:
+                    continue
+                a, b = rows[r], rows[r + h]
+                # (r, c) with c & h takes (r + h, c - h); (r + h, c) without takes (r, c + h)
+                lo = [c if not c & h else vl + c - h for c in range(vl)]
+                hi = [c + h if not c & h else vl + c for c in range(vl)]
+                rows[r] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, vl), lo))
+                rows[r + h] = builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(I32, vl), hi))
+            h //= 2
+        for k in range(vl):
+            builder.store(rows[k], builder.bitcast(builder.gep(pd, [builder.add(jo, builder.mul(I64(k), ldd))]),
+                                                   vt.as_pointer()), align=align)
+        return context.get_dummy_value()
+
+    return types.void(src, dst, offs), codegen

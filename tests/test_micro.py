@@ -1,4 +1,5 @@
-"""The micro-kernel's contract (kernels/micro.py), checked directly, and its assembly.
+"""The micro-kernel's contract (kernels/micro.py), checked directly, and its assembly; and the
+tile transpose that packs w.T.
 
 C[:m, :n] := beta * C + A @ B (+ bias) (ReLU), for every edge m <= MR, n <= NR, any
 strides of A, float32 or float64, and a float64 C for float32 data. The assembly
@@ -12,7 +13,7 @@ import pytest
 from numba import njit
 
 from lingrad.kernels import MR, NV, VECTOR_BYTES
-from lingrad.kernels.micro import micro
+from lingrad.kernels.micro import micro, transpose_tile
 
 
 @njit
@@ -130,3 +131,19 @@ def test_edge_tile_reads_no_lane_past_n(dtype):
     np.testing.assert_allclose(c.reshape(MR, n), want, rtol=1e-4 if item == 4 else 1e-12)
     del whole, b
     libc.mprotect(ctypes.c_void_p(addr + page), page, 3)  # PROT_READ | PROT_WRITE
+
+
+@njit
+def transpose(src, dst, offs):
+    transpose_tile(src, dst, offs)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transpose_tile_writes_the_transposed_tile_and_nothing_else(dtype):
+    vl = VECTOR_BYTES // np.dtype(dtype).itemsize
+    src = np.arange(40 * 50, dtype=dtype)
+    dst = np.full(30 * 60, -1, dtype)
+    transpose(src, dst, (3 * 50 + 5, 50, 7 * 60 + 2, 60))
+    np.testing.assert_array_equal(dst.reshape(30, 60)[7:7 + vl, 2:2 + vl],
+                                  src.reshape(40, 50)[3:3 + vl, 5:5 + vl].T)
+    assert (dst == -1).sum() == dst.size - vl * vl
