@@ -38,6 +38,9 @@ VECTOR_BYTES = _vector_bytes()
 # lingrad bench, 1 thread: mlp forward 0.98x torch, 87% of numpy's GEMM peak), but the
 # other shapes were not measured there.
 MR = 6 if VECTOR_BYTES == 32 else 12
+# A tile of at most MR_SHORT rows (a batch of 1 to 4 rows, the last rows of a short M) runs
+# a copy of the micro-kernel compiled for MR_SHORT rows instead of computing MR.
+MR_SHORT = 4
 NV = 2
 # The micro-kernel prefetches the row of B PREFETCH values of k ahead. AVX-512 Xeon,
 # 2026-12-03, 1 thread, against numpy in the same run (none / 8 / 16 / 32 ahead):

@@ -22,7 +22,7 @@ the split over threads: all arrive from plan.py. Nothing here decides.
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, MERGE_TILE, MR, NV, PJIT, VECTOR_BYTES
+from .config import JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
 from .micro import micro, transpose_tile
 
 
@@ -192,13 +192,21 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                         # two call sites (two inlined copies of the micro-kernel): packed B,
                         # whose row stride nr is a constant LLVM folds into the loads (dx
                         # 50000x784->50 25% slower without it), and B read in place
+                        # a short tile (m <= MR_SHORT) runs the MR_SHORT-row copy
                         if bmode == IN_PLACE:
-                            micro(abuf, B[0], cbuf, bias, (a_at, ars, acs, B[1] + (pc + kq) * B[2]
-                                                           + jr, B[2], co, ldc, jr), dk, fl)
+                            offs = (a_at, ars, acs, B[1] + (pc + kq) * B[2] + jr, B[2], co, ldc, jr)
+                            if m <= MR_SHORT:
+                                micro(abuf, B[0], cbuf, bias, offs, dk, fl, MR_SHORT)
+                            else:
+                                micro(abuf, B[0], cbuf, bias, offs, dk, fl, MR)
                         else:
                             b_at = ((jr // nr) * k1 * nr + (pc + kq) * nr if bmode == WHOLE else
                                     jr // nr * kc * nr + kq * nr)
-                            micro(abuf, bp, cbuf, bias, (a_at, ars, acs, b_at, nr, co, ldc, jr), dk, fl)
+                            offs = (a_at, ars, acs, b_at, nr, co, ldc, jr)
+                            if m <= MR_SHORT:
+                                micro(abuf, bp, cbuf, bias, offs, dk, fl, MR_SHORT)
+                            else:
+                                micro(abuf, bp, cbuf, bias, offs, dk, fl, MR)
 
 
 @njit(**JIT)

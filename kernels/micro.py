@@ -4,7 +4,7 @@ register tile transpose that packing w.T uses).
 Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 
     C[r, p] := beta * C[r, p] + sum_{k < kc} A[r, k] * B[k, p]  (+ bias[p])  (then ReLU)
-    for 0 <= r < m <= MR and 0 <= p < n <= NR = NV * (VECTOR_BYTES / itemsize)
+    for 0 <= r < m <= rows and 0 <= p < n <= NR = NV * (VECTOR_BYTES / itemsize)
 
     A[r, k] = a[ia + r * rsa + k * csa]   any strides: one scalar per (r, k), broadcast
     B[k, p] = b[ib + k * ldb + p]         contiguous lanes per k: a packed micro-panel, or
@@ -13,7 +13,8 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
     bias[p] = bias[ibias + p]             read only when use_bias
 
     offs = (ia, rsa, csa, ib, ldb, ic, ldc, ibias), dims = (kc, m, n),
-    flags = (beta, use_bias, relu), all scalars.
+    flags = (beta, use_bias, relu), all scalars; rows, a constant, is the height of
+    the register block (config.MR, or MR_SHORT for the short tiles of a short M).
 
 - With beta False C is never read (BLIS's beta = 0).
 - C may be float64 while A and B are float32: the block is converted once,
@@ -39,7 +40,7 @@ import llvmlite.ir as ir
 from numba import types
 from numba.extending import intrinsic
 
-from .config import MR, NV, PREFETCH, VECTOR_BYTES
+from .config import NV, PREFETCH, VECTOR_BYTES
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -71,8 +72,13 @@ def _scalars(context, builder, tup, tupty, to):
 
 
 @intrinsic
-def micro(typingctx, a, b, c, bias, offs, dims, flags):
-    """C[:m, :n] := beta * C + A @ B (+ bias) (ReLU): see the module docstring."""
+def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
+    """C[:m, :n] := beta * C + A @ B (+ bias) (ReLU): see the module docstring. rows, a
+    constant (MR or MR_SHORT), is the block's height: the copy compiled for it."""
+    if not isinstance(rows, types.IntegerLiteral):
+        return None  # Numba then retries with the constant's literal type
+    MR = rows.literal_value
+
     def codegen(context, builder, sig, args):
         aty, bty, cty, biasty = sig.args[:4]
         ia, rsa, csa, ib, ldb, ic, ldc, ibias = _scalars(context, builder, args[4], sig.args[4],
@@ -188,7 +194,7 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags):
                         store(add_old, False)
         return context.get_dummy_value()
 
-    return types.void(a, b, c, bias, offs, dims, flags), codegen
+    return types.void(a, b, c, bias, offs, dims, flags, rows), codegen
 
 
 @intrinsic
