@@ -90,26 +90,38 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
 
 
 def explain(plan: Plan) -> str:
-    """The plan in words: for learners, and for anyone asking why a shape is slow."""
+    """The plan in words: for learners, and for anyone asking why a shape is slow.
+    lingrad.explain describes whole calls (every plan a call runs) with these lines."""
     mc, kc, kf = plan.blocks
+    E = K.engine
     what = {"forward": "y = x @ w (+ b, ReLU in the epilogue)", "dx": "dx = d @ w.T",
-            "dw": "dw.T = d.T @ x, db = d.sum(0)"}[plan.op]
-    lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B",
-             f"  blocks: MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} x "
-             f"{K.NV} vectors"]
+            "dw": "dw.T = d.T @ x" if plan.swap else "dw = x.T @ d"}[plan.op]
+    lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B "
+             f"({plan.K} x {plan.N})",
+             f"  blocks: MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} rows x "
+             f"{K.NV} vectors (kernels/config.py)"]
+    chain = "gemm_task -> gemm_block -> kernels/micro.py micro"
     if plan.threads == 1:
-        lines.append("  serial (engine.gemm_serial)")
+        lines.append(f"  serial: kernels/engine.py gemm_serial -> {chain}")
     else:
-        axis = "rows of C" if plan.split == 0 else "the batch, with per-thread float64 partials"
-        lines.append(f"  parallel on {plan.threads} threads over {axis} (engine.gemm)")
-    lines.append(f"  A: {'packed (engine.pack_a)' if plan.pack_a else 'read in place'}"
-                 f"{', ReLU mask applied while packing' if plan.masked else ''}"
+        axis = ("rows of C (each thread owns its rows)" if plan.split == 0 else
+                "the batch (k), each thread into its own float64 partial")
+        lines.append(f"  parallel on {plan.threads} threads over {axis}: kernels/engine.py gemm "
+                     f"(prange) -> {chain}")
+    lines.append(f"  A: {'packed MC x KC at a time into MR-row panels (engine.pack_a)' if plan.pack_a else 'read in place'}"
+                 f"{', ReLU mask applied while packing' if plan.masked == E.MASK_A else ''}"
                  f"{', db summed while packing' if plan.want_db else ''}")
-    lines.append("  B: " + {K.engine.WHOLE: "packed whole, once (engine.pack_whole_b)",
-                            K.engine.IN_PLACE: "read in place (edge panels by masked loads)",
-                            K.engine.BLOCK: "packed KC rows at a time (engine.pack_b)"}[plan.b_mode])
+    lines.append("  B: " + {E.WHOLE: "packed whole, once per call, into NR-column panels (engine.pack_whole_b)",
+                            E.IN_PLACE: "read in place (edge panels by masked loads)",
+                            E.BLOCK: "packed KC rows at a time (engine.pack_b)"}[plan.b_mode]
+                 + (", ReLU mask applied while packing" if plan.masked == E.MASK_B else ""))
+    if plan.swap:
+        lines.append("  C: per-thread float64 partials of dw.T, added up and rounded once into dw "
+                     "(engine.merge)")
+    elif plan.scratch:
+        lines.append("  C: float64 scratch, rounded once into dw (engine.merge)")
     if plan.op == "dw" and kf < kc:
-        lines.append(f"  float32 sums of {kf} terms are added into float64 partials")
+        lines.append(f"  float32 sums of {kf} terms (KF) are added into the float64 partials")
     return "\n".join(lines)
 
 
