@@ -266,27 +266,31 @@ def linear_backward(x: "np.typing.ArrayLike | None", w: "np.typing.ArrayLike | N
         overwriting them: for micro-batches and streaming. dx is always written.
     numpy: ``dx = dy @ w.T;  dw = x.T @ dy;  db = dy.sum(0)`` over the flattened batch.
     """
-    return _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate)
+    return _tuple_new(LinearGrads, _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out,
+                                             accumulate))
+
+
+_tuple_new = tuple.__new__  # LinearGrads(*t) without namedtuple's Python-level __new__
 
 
 def input_grad(dy: "np.typing.ArrayLike", w: "np.typing.ArrayLike", *,
                relu_out: "np.typing.ArrayLike | None" = None,
                out: "np.ndarray | None" = None) -> "np.ndarray":
     """dx = dy @ w.T.  dy: (..., O), w: (I, O) -> dx: (..., I)."""
-    return _backward(None, w, dy, relu_out, True, False, False, (out, None, None), False).dx
+    return _backward(None, w, dy, relu_out, True, False, False, (out, None, None), False)[0]
 
 
 def weight_grad(x: "np.typing.ArrayLike", dy: "np.typing.ArrayLike", *,
                 relu_out: "np.typing.ArrayLike | None" = None, out: "np.ndarray | None" = None,
                 accumulate: bool = False) -> "np.ndarray":
     """dw = x.T @ dy over the flattened batch.  x: (..., I), dy: (..., O) -> dw: (I, O)."""
-    return _backward(x, None, dy, relu_out, False, True, False, (None, out, None), accumulate).dw
+    return _backward(x, None, dy, relu_out, False, True, False, (None, out, None), accumulate)[1]
 
 
 def bias_grad(dy: "np.typing.ArrayLike", *, relu_out: "np.typing.ArrayLike | None" = None,
               out: "np.ndarray | None" = None, accumulate: bool = False) -> "np.ndarray":
     """db = dy.sum(0) over the flattened batch.  dy: (..., O) -> db: (O,)."""
-    return _backward(None, None, dy, relu_out, False, False, True, (None, None, out), accumulate).db
+    return _backward(None, None, dy, relu_out, False, False, True, (None, None, out), accumulate)[2]
 
 
 Backward = namedtuple("Backward", ["planner", "plans", "dx", "dw", "merge_dw",
@@ -355,7 +359,7 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
                     if e.need_db and o2 is None:
                         o2 = np.empty(e.O, dt)
                     _backward_run(e, D, Y, WT, X, x, o0, o1, o2)
-                    return LinearGrads(o0, o1, o2)
+                    return o0, o1, o2
     return _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate, key)
 
 
@@ -402,7 +406,7 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
                 E.colsum_serial(D, Y, e.masked, e.N, db_acc, 1)
             else:
                 _launch(E.colsum, E.colsum_serial, T, D, Y, e.masked, e.N, db_acc)
-        E.merge_serial(db_acc, db.reshape(1, e.O), False, e.accumulate, 1)
+        E.merge_serial(db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
 
 
 def _merge(acc, out, transposed, accumulate, T):
@@ -480,8 +484,8 @@ def _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumu
             and all(o is None or o.direct for o in (dx, dw, db))
             and all(a is b for a, b in zip(arrays, (x, w, dy, relu_out)))):
         _store(key, threads, e)
-    return LinearGrads(dx.done() if need_dx else None, dw.done() if need_dw else None,
-                       db.done() if need_db else None)
+    return (dx.done() if need_dx else None, dw.done() if need_dw else None,
+            db.done() if need_db else None)
 
 
 def _prepare_backward(plans, N, I, O, dy, x, w, relu_out, D, X, W, Y, masked, need_db, accumulate):
