@@ -7,12 +7,16 @@
     layer = lingrad.Linear(w, b)                 # for training loops: buffers allocated once
     y = layer(x, relu=True); dx = layer.backward(dy); layer.step(lr)
 
+    print(lingrad.explain(50000, 784, 50))       # what the plan runs for these shapes, in words
+
 lingrad.dask (optional extra "lingrad[dask]") is imported on its own: import lingrad.dask
 """
 from . import kernels, reference
 from . import stream
 from . import compile as _compile  # noqa: F401  (registers the first-compile notice)
 from .api import LinearGrads, bias_grad, input_grad, linear, linear_backward, weight_grad
+from .explainer import explain
+from .explainer import plans as explain_plans
 from .gradcheck import gradcheck
 from .layer import Linear
 from .threads import get_num_threads, num_threads, set_num_threads
@@ -22,5 +26,5 @@ __version__ = "0.1.0"
 __all__ = [
     "linear", "linear_backward", "input_grad", "weight_grad", "bias_grad", "LinearGrads",
     "set_num_threads", "get_num_threads", "num_threads", "reference", "kernels",
-    "gradcheck", "stream", "Linear",
+    "gradcheck", "stream", "Linear", "explain", "explain_plans",
 ]

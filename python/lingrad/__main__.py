@@ -10,6 +10,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "ladder": ("lingrad.ladder", "the optimisation ladder: each rung's GFLOP/s on the lesson's shape"),
     "lesson": ("lingrad.lesson", "train the lesson's MLP with lingrad's modules, loss per epoch"),
     "compile": ("lingrad.compile", "compile the kernels into Numba's cache now, not on first use"),
+    "explain": ("lingrad.explainer", "what the plan runs for NxIxO: paths, blocks, threads, packing, fusions"),
+    "overhead": ("lingrad.overhead", "Python time per entry point on a 1-row call: call, kernel, overhead"),
     "train": ("lingrad.train", "one SGD step of a 784-50-10 MLP: lingrad vs numpy, PyTorch, JAX per batch size"),
 }
 

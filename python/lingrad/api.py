@@ -53,28 +53,127 @@ def _launch(parallel, serial, threads, *args):
 
 
 _EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((1, 0), t)) for t in (np.float32, np.float64)}
+_ND = np.ndarray
+_may_share_memory = np.may_share_memory
+
+# ---- the lean call path ----
+# Every call is validated and planned once per distinct key: the exact type, shape, strides
+# and dtype of every array passed, and the flags. The validated call's decisions (plans,
+# how each operand is viewed, the kernels' constant arguments) are cached under that key,
+# so a repeated call skips the checks that cannot have changed. What can change between
+# two calls with equal keys is checked on every call, before anything is written: that
+# each out= is writeable and overlaps no input (nor another out=). A call that fails
+# those checks, or that has no entry yet, takes the checked path, which raises the same
+# TypeError or ValueError as ever. Entries are immutable and made whole before they are
+# stored, so Python threads may share the cache; scratch buffers are allocated per call.
+_CACHE: dict = {}
+_CACHE_MAX = 4096  # entries; the cache is emptied when it is full
+_BY_THREADS = object()  # an entry whose plans depend on the thread count: look up (key, T)
 
 
-def _gemm(plan, A, B, C, Y=None, bias=None, db=None, relu=False, partial=0, accumulate=False):
-    """Run one product as planned: C = A @ B (plan.M x plan.K times plan.K x plan.N).
+def clear_cache() -> None:
+    """Forget every cached call (the next call of each key is validated and planned again)."""
+    _CACHE.clear()
 
-    A, B, Y: operand views; C = (flat buffer, offset, row stride); bias: (N,) or
-    None; db: (threads, M) float64 partials when the plan sums db; partial: the
-    size of each thread's partial C when the plan splits the summed axis;
-    accumulate: C += A @ B.
+
+def _store(key, threads, entry):
+    if len(_CACHE) >= _CACHE_MAX:
+        _CACHE.clear()
+    if threads is None:
+        _CACHE[key] = entry
+    else:
+        _CACHE[(key, threads)] = entry
+        _CACHE[key] = _BY_THREADS
+
+
+def _lookup(key):
+    """The cached entry for key, or None (also for an unhashable flag). An entry made
+    while lingrad.plan.gemm was another function (tests wrap it) is not used."""
+    try:
+        e = _CACHE.get(key)
+        if e is _BY_THREADS:
+            e = _CACHE.get((key, numba.get_num_threads()))
+    except TypeError:
+        return None
+    return e if e is not None and e[0] is P.gemm else None
+
+
+def _writable_apart(out, arrays):
+    """out is writeable, is none of arrays and shares no memory with any (None skipped).
+    Two distinct arrays that both own their data cannot overlap; otherwise
+    np.may_share_memory decides, as _checks.Out does."""
+    f = out.flags
+    if not f.writeable:
+        return False
+    own = f.owndata
+    for a in arrays:
+        if a is not None and (a is out or not (own and a.flags.owndata) and _may_share_memory(out, a)):
+            return False
+    return True
+
+
+def _mode(a):
+    """How the fast path views a: 0 C order (a.ravel()), 1 Fortran order, 2-D (a.T.ravel()),
+    None for any other layout (not cached)."""
+    if a.flags.c_contiguous:
+        return 0
+    if a.ndim == 2 and a.flags.f_contiguous:
+        return 1
+    return None
+
+
+def _flat(a, mode):
+    """The (buf, off, rs, cs) view's flat buffer, for a of _mode 0 or 1 (as _checks.view)."""
+    return a.ravel() if mode == 0 else a.T.ravel()
+
+
+Prepared = namedtuple("Prepared", ["threads", "whole", "K", "N", "dtype", "empty_b", "empty_bias",
+                                   "empty_db", "dims", "blocks", "flags", "split"])
+
+
+def _prepare(plan, dtype, cdtype, relu=False, partial=0, accumulate=False):
+    """The constant part of one product's kernel calls (see _gemm)."""
+    E = K.engine
+    nr = K.NV * (K.VECTOR_BYTES // dtype.itemsize)  # engine.lanes
+    whole = -(-plan.N // nr) * nr * plan.K if plan.b_mode == E.WHOLE else 0
+    flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db, bool(accumulate))
+    return Prepared(plan.threads, whole, plan.K, plan.N, dtype, _EMPTY[dtype][0], _EMPTY[cdtype][0],
+                    _EMPTY[np.dtype(np.float64)][1], (plan.M, plan.K, plan.N, partial), plan.blocks,
+                    flags, plan.split)
+
+
+def _gemm(g, A, B, C, Y, bias=None, db=None):
+    """Run one product as prepared: C = A @ B (g.dims' M x K times K x N).
+
+    A, B, Y: operand views; C = (flat buffer, offset, row stride); bias: (N,) contiguous or
+    None; db: (threads, M) float64 partials when the plan sums db. B packed whole first
+    when the plan says so (into a buffer of this call's own).
     """
     E = K.engine
-    dtype = A[0].dtype
-    bp = _EMPTY[dtype][0]
-    if plan.b_mode == E.WHOLE:  # all of B, once: the same panels serve every row block and thread
-        nr = E.lanes(bp)
-        bp = np.empty(-(-plan.N // nr) * nr * plan.K, dtype)
-        _launch(E.pack_whole_b, E.pack_whole_b_serial, plan.threads, B, plan.K, plan.N, bp)
-    bias = _EMPTY[C[0].dtype][0] if bias is None else bias
-    db = _EMPTY[np.dtype(np.float64)][1] if db is None else db
-    flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db, bool(accumulate))
-    _launch(E.gemm, E.gemm_serial, plan.threads, A, B, C, A if Y is None else Y, bias, db, bp,
-            (plan.M, plan.K, plan.N, partial), plan.blocks, flags, plan.split)
+    T = g.threads
+    bp = g.empty_b
+    if g.whole:  # all of B, once: the same panels serve every row block and thread
+        bp = np.empty(g.whole, g.dtype)
+        if T == 1:
+            E.pack_whole_b_serial(B, g.K, g.N, bp, 1)
+        else:
+            _launch(E.pack_whole_b, E.pack_whole_b_serial, T, B, g.K, g.N, bp)
+    if bias is None:
+        bias = g.empty_bias
+    if db is None:
+        db = g.empty_db
+    if T == 1:
+        E.gemm_serial(A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags, g.split, 1)
+    else:
+        _launch(E.gemm, E.gemm_serial, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
+                g.split)
+
+
+Forward = namedtuple("Forward", ["planner", "plans", "g", "xm", "xrs", "xcs", "wm", "wrs", "wcs",
+                                 "O", "yshape"])
+Forward.__doc__ = """A cached forward: the planner it was made with, the plans (plan.Calls),
+the prepared product, how x and w are viewed (mode 0 C order, 1 Fortran order; row and
+column strides in elements), O and the shape of y."""
 
 
 def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.ArrayLike | None" = None,
@@ -85,6 +184,38 @@ def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.Arr
     Returns y of shape (..., O) in the same dtype, written into ``out`` if given.
     numpy: ``x @ w + b``, or ``np.maximum(x @ w + b, 0)`` with relu=True.
     """
+    key = None
+    if type(x) is _ND and type(w) is _ND:
+        dt = x.dtype
+        if w.dtype is dt and (b is None or type(b) is _ND and b.dtype is dt) and (
+                out is None or type(out) is _ND and out.dtype is dt):
+            key = ("linear", dt, x.shape, x.strides, w.shape, w.strides,
+                   b is None or (b.shape, b.strides), out is None or (out.shape, out.strides), relu)
+            try:
+                e = _CACHE.get(key)
+            except TypeError:  # an unhashable relu
+                e = key = None
+            if e is _BY_THREADS:
+                e = _lookup(key)
+            if e is not None and e[0] is P.gemm and (out is None or _writable_apart(out, (x, w, b))):
+                g = e.g
+                X = (x.ravel() if e.xm == 0 else x.T.ravel(), 0, e.xrs, e.xcs)
+                W = (w.ravel() if e.wm == 0 else w.T.ravel(), 0, e.wrs, e.wcs)
+                if out is None:
+                    out = np.empty(e.yshape, dt)
+                if g.threads == 1 and not g.whole:
+                    K.engine.gemm_serial(X, W, (out.ravel(), 0, e.O), X,
+                                         g.empty_bias if b is None else b, g.empty_db, g.empty_b,
+                                         g.dims, g.blocks, g.flags, g.split, 1)
+                else:
+                    _gemm(g, X, W, (out.ravel(), 0, e.O), X, b)
+                return out
+    return _linear_checked(x, w, b, relu, out, key)
+
+
+def _linear_checked(x, w, b, relu, out, key):
+    """linear with every check; caches the call under key (None: not cacheable)."""
+    arrays = (x, w, b)
     x, w, b = as_float_arrays({"x", "w"}, x=x, w=w, b=b)
     check_ndim(x, "x", "1+", "(..., I)")
     check_ndim(w, "w", 2, "(I, O)")
@@ -98,11 +229,23 @@ def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.Arr
     N = x2.shape[0]
     X = view(x2)
     W = view(w)
-    plan = P.gemm("forward", N, I, O, x.itemsize, X[3] == 1, W[3] == 1, False, False,
-                  P.threads(N * I * O))
+    threads = _threads_for(P.call_work(N, I, O, True))
+    plans = P.call_plans(N, I, O, x.itemsize, threads or 1, forward=True, x=X[2:], w=W[2:])
+    g = _prepare(plans.forward, x.dtype, x.dtype, relu)
     bias = None if b is None else np.ascontiguousarray(b)
-    _gemm(plan, X, W, (y.buf.reshape(-1), 0, O), bias=bias, relu=relu)
+    _gemm(g, X, W, (y.buf.reshape(-1), 0, O), X, bias)
+    xm, wm = _mode(x), _mode(w)
+    if (key is not None and xm is not None and wm is not None and (b is None or b is bias)
+            and y.direct and all(a is c for a, c in zip(arrays, (x, w, b)))):
+        _store(key, threads, Forward(P.gemm, plans, g, xm, X[2], X[3], wm, W[2], W[3], O,
+                                     y.user.shape))
     return y.done()
+
+
+def _threads_for(work):
+    """Numba's thread count in force when work may use threads, else None (without asking
+    Numba, which costs about 0.6 us a call): the cache keys on the count only then."""
+    return numba.get_num_threads() if work >= K.SERIAL_WORK else None
 
 
 def linear_backward(x: "np.typing.ArrayLike | None", w: "np.typing.ArrayLike | None",
@@ -123,30 +266,159 @@ def linear_backward(x: "np.typing.ArrayLike | None", w: "np.typing.ArrayLike | N
         overwriting them: for micro-batches and streaming. dx is always written.
     numpy: ``dx = dy @ w.T;  dw = x.T @ dy;  db = dy.sum(0)`` over the flattened batch.
     """
-    return _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate)
+    return _tuple_new(LinearGrads, _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out,
+                                             accumulate))
+
+
+_tuple_new = tuple.__new__  # LinearGrads(*t) without namedtuple's Python-level __new__
 
 
 def input_grad(dy: "np.typing.ArrayLike", w: "np.typing.ArrayLike", *,
                relu_out: "np.typing.ArrayLike | None" = None,
                out: "np.ndarray | None" = None) -> "np.ndarray":
     """dx = dy @ w.T.  dy: (..., O), w: (I, O) -> dx: (..., I)."""
-    return _backward(None, w, dy, relu_out, True, False, False, (out, None, None), False).dx
+    return _backward(None, w, dy, relu_out, True, False, False, (out, None, None), False)[0]
 
 
 def weight_grad(x: "np.typing.ArrayLike", dy: "np.typing.ArrayLike", *,
                 relu_out: "np.typing.ArrayLike | None" = None, out: "np.ndarray | None" = None,
                 accumulate: bool = False) -> "np.ndarray":
     """dw = x.T @ dy over the flattened batch.  x: (..., I), dy: (..., O) -> dw: (I, O)."""
-    return _backward(x, None, dy, relu_out, False, True, False, (None, out, None), accumulate).dw
+    return _backward(x, None, dy, relu_out, False, True, False, (None, out, None), accumulate)[1]
 
 
 def bias_grad(dy: "np.typing.ArrayLike", *, relu_out: "np.typing.ArrayLike | None" = None,
               out: "np.ndarray | None" = None, accumulate: bool = False) -> "np.ndarray":
     """db = dy.sum(0) over the flattened batch.  dy: (..., O) -> db: (O,)."""
-    return _backward(None, None, dy, relu_out, False, False, True, (None, None, out), accumulate).db
+    return _backward(None, None, dy, relu_out, False, False, True, (None, None, out), accumulate)[2]
+
+
+Backward = namedtuple("Backward", ["planner", "plans", "dx", "dw", "merge_dw",
+                                   "xm", "xv", "wm", "wv", "dm", "dv", "ym", "yv", "N", "I", "O",
+                                   "dxshape", "masked", "need_db", "accumulate"])
+Backward.__doc__ = """A cached backward: the planner it was made with, the plans (plan.Calls),
+the prepared dx and dw products (None where not run) and the threads of dw's merge; how x,
+w, dy and relu_out are viewed (mode 0 C order, 1 Fortran order, None not read; the view's
+strides: (rs, cs) of x, of w.T, of dy and of relu_out); N, I, O; dx's shape; the flags."""
 
 
 def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
+    key = None
+    if type(dy) is _ND:
+        dt = dy.dtype
+        if out is None:
+            o0 = o1 = o2 = None
+        elif type(out) is tuple and len(out) == 3:
+            o0, o1, o2 = out
+        else:
+            o0 = o1 = o2 = dt  # not an array: not cacheable
+        if ((x is None or type(x) is _ND and x.dtype is dt)
+                and (w is None or type(w) is _ND and w.dtype is dt)
+                and (relu_out is None or type(relu_out) is _ND and relu_out.dtype is dt)
+                and (o0 is None or type(o0) is _ND and o0.dtype is dt)
+                and (o1 is None or type(o1) is _ND and o1.dtype is dt)
+                and (o2 is None or type(o2) is _ND and o2.dtype is dt)):
+            key = ("backward", dt, dy.shape, dy.strides, x is None or (x.shape, x.strides),
+                   w is None or (w.shape, w.strides),
+                   relu_out is None or (relu_out.shape, relu_out.strides),
+                   o0 is None or (o0.shape, o0.strides), o1 is None or (o1.shape, o1.strides),
+                   o2 is None or (o2.shape, o2.strides), need_dx, need_dw, need_db, accumulate)
+            try:
+                e = _CACHE.get(key)
+            except TypeError:  # an unhashable flag
+                e = key = None
+            if e is _BY_THREADS or e is not None and e[0] is not P.gemm:
+                e = _lookup(key)
+            if e is not None:
+                # what an equal key cannot tell: each out= is writeable and apart (as Out)
+                if e.dx is None:
+                    o0 = None
+                elif o0 is not None and not _writable_apart(o0, (x, w, dy, relu_out)):
+                    e = None
+                if e is None or e.dw is None:
+                    o1 = None
+                elif o1 is not None and not _writable_apart(o1, (x, w, dy, relu_out, o0)):
+                    e = None
+                if e is None or not e.need_db:
+                    o2 = None
+                elif o2 is not None and not _writable_apart(o2, (x, w, dy, relu_out, o0, o1)):
+                    e = None
+                if e is not None:
+                    D = (dy.ravel() if e.dm == 0 else dy.T.ravel(), 0) + e.dv
+                    Y = D if relu_out is None else (
+                        (relu_out.ravel() if e.ym == 0 else relu_out.T.ravel(), 0) + e.yv)
+                    WT = X = None
+                    if e.dx is not None:
+                        WT = (w.ravel() if e.wm == 0 else w.T.ravel(), 0) + e.wv
+                        if o0 is None:
+                            o0 = np.empty(e.dxshape, dt)
+                    if e.dw is not None:
+                        X = (x.ravel() if e.xm == 0 else x.T.ravel(), 0) + e.xv
+                        if o1 is None:
+                            o1 = np.empty((e.I, e.O), dt)
+                    if e.need_db and o2 is None:
+                        o2 = np.empty(e.O, dt)
+                    _backward_run(e, D, Y, WT, X, x, o0, o1, o2)
+                    return o0, o1, o2
+    return _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate, key)
+
+
+def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
+    """The kernels of one backward, as e (a Backward) says: dx, then dw (and db while
+    packing d.T when its plan fuses them), then db alone. D, Y, WT, X: views of d, the
+    ReLU output (D when not masked), w.T and x; dx, dw, db: C-ordered arrays of their
+    shapes (dw 2-D); x: the array X views (copied to C order for a fused dw)."""
+    E = K.engine
+    if e.dx is not None:
+        g = e.dx
+        C = (dx.ravel(), 0, e.I)
+        if g.threads == 1 and not g.whole:
+            E.gemm_serial(D, WT, C, Y, g.empty_bias, g.empty_db, g.empty_b, g.dims, g.blocks,
+                          g.flags, g.split, 1)
+        else:
+            _gemm(g, D, WT, C, Y)
+    db_acc = None
+    if e.dw is not None:
+        g = e.dw
+        plan = e.plans.dw
+        if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials, db summed while packing d.T
+            if e.plans.copy_x:  # x is read in place along I
+                X = view(np.ascontiguousarray(as_rows(x, e.I)))
+            acc = np.empty((plan.threads, e.I * e.O))
+            db_acc = np.zeros((plan.threads, e.O if e.need_db else 0))
+            _gemm(g, (D[0], D[1], D[3], D[2]), X, (acc.reshape(-1), 0, e.I), (Y[0], Y[1], Y[3], Y[2]),
+                  db=db_acc)
+            _merge(acc, dw, True, e.accumulate, e.merge_dw)
+        elif plan.scratch:  # dw = x.T @ d, float64 sums, rounded once
+            acc = np.empty((1, e.I * e.O))
+            _gemm(g, (X[0], X[1], X[3], X[2]), D, (acc.reshape(-1), 0, e.O), Y)
+            _merge(acc, dw, False, e.accumulate, e.merge_dw)
+        elif g.threads == 1 and not g.whole:  # dw = x.T @ d, written in place
+            E.gemm_serial((X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y, g.empty_bias,
+                          g.empty_db, g.empty_b, g.dims, g.blocks, g.flags, g.split, 1)
+        else:
+            _gemm(g, (X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y)
+    if e.need_db:
+        if db_acc is None:
+            T = e.plans.db_threads
+            db_acc = np.zeros((T, e.O))
+            if T == 1:
+                E.colsum_serial(D, Y, e.masked, e.N, db_acc, 1)
+            else:
+                _launch(E.colsum, E.colsum_serial, T, D, Y, e.masked, e.N, db_acc)
+        E.merge_serial(db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
+
+
+def _merge(acc, out, transposed, accumulate, T):
+    if T == 1:
+        K.engine.merge_serial(acc, out, transposed, accumulate, 1)
+    else:
+        _launch(K.engine.merge, K.engine.merge_serial, T, acc, out, transposed, accumulate)
+
+
+def _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate, key):
+    """_backward with every check; caches the call under key (None: not cacheable)."""
+    arrays = (x, w, dy, relu_out)
     required = {"dy"} | ({"w"} if need_dx else set()) | ({"x"} if need_dw else set())
     x, w, dy, relu_out = as_float_arrays(required, x=x, w=w, dy=dy, relu_out=relu_out)
     if out is None:
@@ -162,6 +434,7 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
     if relu_out is not None and relu_out.shape != dy.shape:
         raise ValueError(f"relu_out has shape {relu_out.shape}, must match dy's {dy.shape}")
     inputs = {"x": x, "w": w, "dy": dy, "relu_out": relu_out}
+    I = 0
     if need_dx:
         check_ndim(w, "w", 2, "(I, O)")
         check_dim(w, "w", 1, O, "dy.shape[-1]")
@@ -195,38 +468,45 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
     masked = relu_out is not None
     D = view(d2)
     Y = view(as_rows(relu_out, O)) if masked else D
-    threads = P.threads(N * O * (I if need_dx or need_dw else 1))
-    if need_dx:
-        WT = transposed(view(w))
-        plan = P.gemm("dx", N, O, I, dtype.itemsize, D[3] == 1, WT[3] == 1, masked, False, threads)
-        _gemm(plan, D, WT, (dx.buf.reshape(-1), 0, I), Y)
-    db_acc = None
-    if need_dw:
-        x2 = as_rows(x, I)
-        XT = transposed(view(x2))
-        plan = P.gemm("dw", I, N, O, dtype.itemsize, XT[3] == 1, D[3] == 1, masked, need_db, threads)
-        if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials, db summed while packing d.T
-            if x2.strides[1] != x2.itemsize:  # x is read in place along I
-                x2 = np.ascontiguousarray(x2)
-            acc = np.empty((plan.threads, I * O))
-            db_acc = np.zeros((plan.threads, O if need_db else 0))
-            _gemm(plan, transposed(D), view(x2), (acc.reshape(-1), 0, I), transposed(Y), db=db_acc,
-                  partial=I * O)
-            _launch(K.engine.merge, K.engine.merge_serial, plan.threads, acc, dw.buf, True,
-                    bool(accumulate))
-        elif plan.scratch:  # dw = x.T @ d, float64 sums, rounded once
-            acc = np.empty((1, I * O))
-            _gemm(plan, XT, D, (acc.reshape(-1), 0, O), Y)
-            _launch(K.engine.merge, K.engine.merge_serial, plan.threads, acc, dw.buf, False,
-                    bool(accumulate))
-        else:  # dw = x.T @ d, written in place
-            _gemm(plan, XT, D, (dw.buf.reshape(-1), 0, O), Y, accumulate=accumulate)
-    if need_db and db_acc is None:
-        T = P.reduction(N, O, threads)
-        db_acc = np.zeros((T, O))
-        _launch(K.engine.colsum, K.engine.colsum_serial, T, D, Y, masked, N, db_acc)
-    if need_db:
-        _launch(K.engine.merge, K.engine.merge_serial, 1, db_acc, db.buf.reshape(1, O), False,
-                bool(accumulate))
-    return LinearGrads(dx.done() if need_dx else None, dw.done() if need_dw else None,
-                       db.done() if need_db else None)
+    X = view(as_rows(x, I)) if need_dw else None
+    W = view(w) if need_dx else None
+    threads = _threads_for(P.call_work(N, I, O, False, need_dx, need_dw))
+    plans = P.call_plans(N, I, O, dtype.itemsize, threads or 1, x=None if X is None else X[2:],
+                         w=None if W is None else W[2:], d=D[2:], masked=masked,
+                         need_dx=bool(need_dx), need_dw=bool(need_dw), need_db=bool(need_db))
+    e = _prepare_backward(plans, N, I, O, dy, x, w, relu_out, D, X, W, Y, masked, need_db,
+                          accumulate)
+    _backward_run(e, D, Y, None if W is None else transposed(W), X, x,
+                  dx.buf if need_dx else None, dw.buf if need_dw else None,
+                  db.buf if need_db else None)
+    if (key is not None and e.dm is not None and (not masked or e.ym is not None)
+            and (not need_dw or e.xm is not None) and (not need_dx or e.wm is not None)
+            and all(o is None or o.direct for o in (dx, dw, db))
+            and all(a is b for a, b in zip(arrays, (x, w, dy, relu_out)))):
+        _store(key, threads, e)
+    return (dx.done() if need_dx else None, dw.done() if need_dw else None,
+            db.done() if need_db else None)
+
+
+def _prepare_backward(plans, N, I, O, dy, x, w, relu_out, D, X, W, Y, masked, need_db, accumulate):
+    """The Backward entry of a checked call (the fast path's modes, None where not cacheable)."""
+    dtype = dy.dtype
+    f64 = np.dtype(np.float64)
+    g_dx = g_dw = None
+    merge_dw = 1
+    if plans.dx is not None:
+        g_dx = _prepare(plans.dx, dtype, dtype)
+    if plans.dw is not None:
+        plan = plans.dw
+        if plan.swap:
+            g_dw = _prepare(plan, dtype, f64, partial=I * O)
+        elif plan.scratch:
+            g_dw = _prepare(plan, dtype, f64)
+        else:
+            g_dw = _prepare(plan, dtype, dtype, accumulate=accumulate)
+        merge_dw = plan.threads
+    return Backward(P.gemm, plans, g_dx, g_dw, merge_dw,
+                    None if X is None else _mode(x), None if X is None else X[2:],
+                    None if W is None else _mode(w), None if W is None else (W[3], W[2]),
+                    _mode(dy), D[2:], None if not masked else _mode(relu_out), Y[2:], N, I, O,
+                    dy.shape[:-1] + (I,), masked, bool(need_db), bool(accumulate))

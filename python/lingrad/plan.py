@@ -23,6 +23,7 @@ The three products, as C (M x N) = A (M x K) @ B (K x N):
 """
 import functools
 from collections import namedtuple
+from typing import Optional, Tuple
 
 import numba
 
@@ -89,26 +90,38 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
 
 
 def explain(plan: Plan) -> str:
-    """The plan in words: for learners, and for anyone asking why a shape is slow."""
+    """The plan in words: for learners, and for anyone asking why a shape is slow.
+    lingrad.explain describes whole calls (every plan a call runs) with these lines."""
     mc, kc, kf = plan.blocks
+    E = K.engine
     what = {"forward": "y = x @ w (+ b, ReLU in the epilogue)", "dx": "dx = d @ w.T",
-            "dw": "dw.T = d.T @ x, db = d.sum(0)"}[plan.op]
-    lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B",
-             f"  blocks: MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} x "
-             f"{K.NV} vectors"]
+            "dw": "dw.T = d.T @ x" if plan.swap else "dw = x.T @ d"}[plan.op]
+    lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B "
+             f"({plan.K} x {plan.N})",
+             f"  blocks: MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} rows x "
+             f"{K.NV} vectors (kernels/config.py)"]
+    chain = "gemm_task -> gemm_block -> kernels/micro.py micro"
     if plan.threads == 1:
-        lines.append("  serial (engine.gemm_serial)")
+        lines.append(f"  serial: kernels/engine.py gemm_serial -> {chain}")
     else:
-        axis = "rows of C" if plan.split == 0 else "the batch, with per-thread float64 partials"
-        lines.append(f"  parallel on {plan.threads} threads over {axis} (engine.gemm)")
-    lines.append(f"  A: {'packed (engine.pack_a)' if plan.pack_a else 'read in place'}"
-                 f"{', ReLU mask applied while packing' if plan.masked else ''}"
+        axis = ("rows of C (each thread owns its rows)" if plan.split == 0 else
+                "the batch (k), each thread into its own float64 partial")
+        lines.append(f"  parallel on {plan.threads} threads over {axis}: kernels/engine.py gemm "
+                     f"(prange) -> {chain}")
+    lines.append(f"  A: {'packed MC x KC at a time into MR-row panels (engine.pack_a)' if plan.pack_a else 'read in place'}"
+                 f"{', ReLU mask applied while packing' if plan.masked == E.MASK_A else ''}"
                  f"{', db summed while packing' if plan.want_db else ''}")
-    lines.append("  B: " + {K.engine.WHOLE: "packed whole, once (engine.pack_whole_b)",
-                            K.engine.IN_PLACE: "read in place (edge panels by masked loads)",
-                            K.engine.BLOCK: "packed KC rows at a time (engine.pack_b)"}[plan.b_mode])
+    lines.append("  B: " + {E.WHOLE: "packed whole, once per call, into NR-column panels (engine.pack_whole_b)",
+                            E.IN_PLACE: "read in place (edge panels by masked loads)",
+                            E.BLOCK: "packed KC rows at a time (engine.pack_b)"}[plan.b_mode]
+                 + (", ReLU mask applied while packing" if plan.masked == E.MASK_B else ""))
+    if plan.swap:
+        lines.append("  C: per-thread float64 partials of dw.T, added up and rounded once into dw "
+                     "(engine.merge)")
+    elif plan.scratch:
+        lines.append("  C: float64 scratch, rounded once into dw (engine.merge)")
     if plan.op == "dw" and kf < kc:
-        lines.append(f"  float32 sums of {kf} terms are added into float64 partials")
+        lines.append(f"  float32 sums of {kf} terms (KF) are added into the float64 partials")
     return "\n".join(lines)
 
 
@@ -116,3 +129,55 @@ def explain(plan: Plan) -> str:
 def reduction(N: int, O: int, threads: int) -> int:
     """Threads for db alone (engine.colsum): one per share of at least REDUCE_ROWS rows."""
     return min(threads, max(1, N // K.REDUCE_ROWS)) if N * O >= K.SERIAL_WORK else 1
+
+
+# ---- the plans of one call: shared by the API (lingrad.api) and lingrad.explain ----
+
+Calls = namedtuple("Calls", ["forward", "dx", "dw", "db_threads", "copy_x"])
+Calls.__doc__ = """Every plan one call of the API runs, in the order it runs them.
+
+forward, dx, dw: the Plan of each product, or None where the call does not run it;
+db_threads: the threads of db summed alone (engine.colsum), 0 where db is not summed alone
+(not wanted, or summed while dw packs d.T); copy_x: x is copied to C order for dw (the
+long-batch dw reads x in place along I).
+"""
+
+Strides = Tuple[int, int]  # (row stride, column stride) in elements, as _checks.view gives them
+
+
+def call_work(N: int, I: int, O: int, forward: bool, need_dx: bool = False,
+              need_dw: bool = False) -> int:
+    """The multiply-adds that decide whether a call may use threads (``threads``): N*I*O for
+    the forward and for a backward with dx or dw, N*O for db alone."""
+    return N * I * O if forward or need_dx or need_dw else N * O
+
+
+def call_plans(N: int, I: int, O: int, itemsize: int, threads_in_force: int, *,
+               forward: bool = False, x: Optional[Strides] = None, w: Optional[Strides] = None,
+               d: Optional[Strides] = None, masked: bool = False, need_dx: bool = False,
+               need_dw: bool = False, need_db: bool = False) -> Calls:
+    """The plans of one call of lingrad.linear (forward=True) or of linear_backward (the
+    need_* flags), for x (N, I), w (I, O), dy (N, O) viewed with strides x, w, d
+    (``(rs, cs)`` in elements, as ``_checks.view`` gives them; only those the call reads).
+
+    threads_in_force: Numba's thread count in the calling thread; only read when the
+    call's work (``call_work``) reaches SERIAL_WORK. The API and lingrad.explain both
+    call this, so what explain says is what the API runs.
+    """
+    work = call_work(N, I, O, forward, need_dx, need_dw)
+    T = threads_in_force if work >= K.SERIAL_WORK else 1
+    if forward:
+        assert x is not None and w is not None
+        return Calls(gemm("forward", N, I, O, itemsize, x[1] == 1, w[1] == 1, False, False, T),
+                     None, None, 0, False)
+    dx = dw = None
+    if need_dx:  # dx = d @ w.T: B is w.T, whose column stride is w's row stride
+        assert w is not None and d is not None
+        dx = gemm("dx", N, O, I, itemsize, d[1] == 1, w[0] == 1, masked, False, T)
+    if need_dw:  # dw = x.T @ d: A is x.T, contiguous along k (the batch) when x's rows are
+        assert x is not None and d is not None
+        dw = gemm("dw", I, N, O, itemsize, x[0] == 1, d[1] == 1, masked, need_db, T)
+    fused = dw is not None and dw.swap
+    db_threads = reduction(N, O, T) if need_db and not fused else 0
+    copy_x = fused and x is not None and x[1] != 1
+    return Calls(None, dx, dw, db_threads, copy_x)
