@@ -306,9 +306,9 @@ def tiles_micro(A, B, c, M, K, N, beta):
             dims = (K, min(MR, M - ir), min(nr, N - jr))
             if jr < full:
                 micro(A[0], b, c, none, aoffs + (B[1] + jr * B[3], B[2]) + coffs, dims,
-                      (beta, False, False))
+                      (beta, False, False), MR)
             else:
-                micro(A[0], edge, c, none, aoffs + (0, nr) + coffs, dims, (beta, False, False))
+                micro(A[0], edge, c, none, aoffs + (0, nr) + coffs, dims, (beta, False, False), MR)
 
 
 @njit(**JIT)
@@ -441,10 +441,10 @@ def tiles_packed(A, B, c, M, K, N, packed_a, b_in_place, beta):
             dims = (K, min(MR, M - ir), min(nr, N - jr))
             if jr < p0:
                 micro(abuf, B[0], c, none, aoffs + (B[1] + jr, B[2]) + coffs, dims,
-                      (beta, False, False))
+                      (beta, False, False), MR)
             else:
                 micro(abuf, bp, c, none, aoffs + ((jr - p0) * K, nr) + coffs, dims,
-                      (beta, False, False))
+                      (beta, False, False), MR)
 
 
 @njit(**JIT)
@@ -535,9 +535,10 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
                     flags = (pc > 0, last and bias.size > 0, relu and last)
                     if jr < p0:  # a whole panel of B, read where it lies
                         micro(abuf, B[0], c, bias, aoffs + (B[1] + pc * B[2] + jr, B[2]) + coffs,
-                              dims, flags)
+                              dims, flags, MR)
                     else:        # a packed panel
-                        micro(abuf, bp, c, bias, aoffs + ((jr - p0) * kk, nr) + coffs, dims, flags)
+                        micro(abuf, bp, c, bias, aoffs + ((jr - p0) * kk, nr) + coffs, dims, flags,
+                              MR)
 
 
 @njit(**JIT)
