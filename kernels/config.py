@@ -78,7 +78,11 @@ REDUCE_ROWS = 4096
 # dw on a batch of at most DW_DIRECT_ROWS rows runs as dw = x.T @ d with both read in
 # place and no per-thread partials (BLIS's "sup" idea: nothing to amortise a packing or
 # a partial over); longer batches are split over threads into float64 partials of dw.T.
-DW_DIRECT_ROWS = 512
+# AVX-512 Xeon, 2026-12-03, 1 thread, 784 -> 50 float32, direct / split, us (the same
+# harness for both, with its own overhead): N = 16 65 / 173, 64 103 / 226, 128 288 / 275,
+# 256 438 / 386, 512 771 / 613; 50 -> 10 the same way round. Past KF rows the direct
+# form needs float64 scratch, and the split form wins from about 128 rows.
+DW_DIRECT_ROWS = 128
 # The forward and dx read B (w, or a Fortran-ordered w.T) in place, not packed whole, for
 # at most B_IN_PLACE_ROWS rows of the batch: packing all of w costs more than it saves
 # on a short batch.
