@@ -137,12 +137,6 @@ def pack_whole_b(B, K, N, dst, T):
 
 
 @njit(**JIT)
-def pack_whole_b_serial(B, K, N, dst, T):
-    """pack_whole_b on the calling thread."""
-    pack_panels(B, K, N, dst, T - 1, T)  # T is 1: an int64 t, as prange's (one compiled copy)
-
-
-@njit(**JIT)
 def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     """C[m0:m1] (+)= A[m0:m1, k0:k1] @ B[k0:k1] (+ bias) (then ReLU): one thread's share.
 
@@ -242,12 +236,6 @@ def gemm(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
 
 
 @njit(**JIT)
-def gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
-    """gemm on the calling thread (T is 1), for work too small to start threads for."""
-    gemm_task(T - 1, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T)  # T is 1
-
-
-@njit(**JIT)
 def merge_part(acc, out, transposed, accumulate, t, T):
     """Share t of T of out[i, j] = sum_s acc[s, j, i] (transposed) or acc[s, i, j] (+ out).
 
@@ -274,12 +262,6 @@ def merge(acc, out, transposed, accumulate, T):
     """merge_part on T threads, each owning a contiguous range of out's rows (race-free)."""
     for t in prange(T):
         merge_part(acc, out, transposed, accumulate, np.int64(t), T)
-
-
-@njit(**JIT)
-def merge_serial(acc, out, transposed, accumulate, T):
-    """merge on the calling thread."""
-    merge_part(acc, out, transposed, accumulate, T - 1, T)  # T is 1
 
 
 @njit(**JIT)
@@ -323,9 +305,3 @@ def colsum(D, Y, masked, N, acc, T):
     partial acc[t] (T, O) float64, so it is race-free; merge adds the partials."""
     for t in prange(T):
         colsum_rows(D, Y, masked, t * N // T, (t + 1) * N // T, acc[t])
-
-
-@njit(**JIT)
-def colsum_serial(D, Y, masked, N, acc, T):
-    """colsum on the calling thread."""
-    colsum_rows(D, Y, masked, 0, N, acc[0])

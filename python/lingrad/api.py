@@ -27,6 +27,27 @@ _workqueue_lock = threading.Lock()
 _launch_pid = []  # the process that last launched lingrad's parallel kernels
 
 
+def _gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
+    """engine.gemm on the calling thread: its per-thread task for t = 0 of T = 1, the very
+    code the parallel kernel runs per thread (one compiled copy for both, not two)."""
+    K.engine.gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
+
+
+def _pack_serial(B, Kdim, N, dst, T):
+    """engine.pack_whole_b on the calling thread (its share for t = 0 of 1)."""
+    K.engine.pack_panels(B, Kdim, N, dst, 0, 1)
+
+
+def _merge_serial(acc, out, transposed, accumulate, T):
+    """engine.merge on the calling thread (its share for t = 0 of 1)."""
+    K.engine.merge_part(acc, out, transposed, accumulate, 0, 1)
+
+
+def _colsum_serial(D, Y, masked, N, acc, T):
+    """engine.colsum on the calling thread: all N rows into acc[0]."""
+    K.engine.colsum_rows(D, Y, masked, 0, N, acc[0])
+
+
 def _launch(parallel, serial, threads, *args):
     """Run the parallel kernel on ``threads`` threads (the plan's count), or the serial
     one for 1.
@@ -155,17 +176,17 @@ def _gemm(g, A, B, C, Y, bias=None, db=None):
     if g.whole:  # all of B, once: the same panels serve every row block and thread
         bp = np.empty(g.whole, g.dtype)
         if T == 1:
-            E.pack_whole_b_serial(B, g.K, g.N, bp, 1)
+            _pack_serial(B, g.K, g.N, bp, 1)
         else:
-            _launch(E.pack_whole_b, E.pack_whole_b_serial, T, B, g.K, g.N, bp)
+            _launch(E.pack_whole_b, _pack_serial, T, B, g.K, g.N, bp)
     if bias is None:
         bias = g.empty_bias
     if db is None:
         db = g.empty_db
     if T == 1:
-        E.gemm_serial(A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags, g.split, 1)
+        _gemm_serial(A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags, g.split, 1)
     else:
-        _launch(E.gemm, E.gemm_serial, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
+        _launch(E.gemm, _gemm_serial, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
                 g.split)
 
 
@@ -204,7 +225,7 @@ def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.Arr
                 if out is None:
                     out = np.empty(e.yshape, dt)
                 if g.threads == 1 and not g.whole:
-                    K.engine.gemm_serial(X, W, (out.ravel(), 0, e.O), X,
+                    _gemm_serial(X, W, (out.ravel(), 0, e.O), X,
                                          g.empty_bias if b is None else b, g.empty_db, g.empty_b,
                                          g.dims, g.blocks, g.flags, g.split, 1)
                 else:
@@ -373,7 +394,7 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
         g = e.dx
         C = (dx.ravel(), 0, e.I)
         if g.threads == 1 and not g.whole:
-            E.gemm_serial(D, WT, C, Y, g.empty_bias, g.empty_db, g.empty_b, g.dims, g.blocks,
+            _gemm_serial(D, WT, C, Y, g.empty_bias, g.empty_db, g.empty_b, g.dims, g.blocks,
                           g.flags, g.split, 1)
         else:
             _gemm(g, D, WT, C, Y)
@@ -394,7 +415,7 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
             _gemm(g, (X[0], X[1], X[3], X[2]), D, (acc.reshape(-1), 0, e.O), Y)
             _merge(acc, dw, False, e.accumulate, e.merge_dw)
         elif g.threads == 1 and not g.whole:  # dw = x.T @ d, written in place
-            E.gemm_serial((X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y, g.empty_bias,
+            _gemm_serial((X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y, g.empty_bias,
                           g.empty_db, g.empty_b, g.dims, g.blocks, g.flags, g.split, 1)
         else:
             _gemm(g, (X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y)
@@ -403,17 +424,17 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
             T = e.plans.db_threads
             db_acc = np.zeros((T, e.O))
             if T == 1:
-                E.colsum_serial(D, Y, e.masked, e.N, db_acc, 1)
+                _colsum_serial(D, Y, e.masked, e.N, db_acc, 1)
             else:
-                _launch(E.colsum, E.colsum_serial, T, D, Y, e.masked, e.N, db_acc)
-        E.merge_serial(db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
+                _launch(E.colsum, _colsum_serial, T, D, Y, e.masked, e.N, db_acc)
+        _merge_serial(db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
 
 
 def _merge(acc, out, transposed, accumulate, T):
     if T == 1:
-        K.engine.merge_serial(acc, out, transposed, accumulate, 1)
+        _merge_serial(acc, out, transposed, accumulate, 1)
     else:
-        _launch(K.engine.merge, K.engine.merge_serial, T, acc, out, transposed, accumulate)
+        _launch(K.engine.merge, _merge_serial, T, acc, out, transposed, accumulate)
 
 
 def _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate, key):

@@ -102,7 +102,7 @@ def explain(plan: Plan) -> str:
              f"{K.NV} vectors (kernels/config.py)"]
     chain = "gemm_task -> gemm_block -> kernels/micro.py micro"
     if plan.threads == 1:
-        lines.append(f"  serial: kernels/engine.py gemm_serial -> {chain}")
+        lines.append(f"  serial: kernels/engine.py {chain}")
     else:
         axis = ("rows of C (each thread owns its rows)" if plan.split == 0 else
                 "the batch (k), each thread into its own float64 partial")
