@@ -19,11 +19,19 @@ SERIAL_WORK = 1 << 16
 
 # ---- the GEMM engine (micro.py, engine.py, plan.py) ----
 def _vector_bytes():
-    """Width of the host's vector registers: 64 bytes with AVX-512, else 32 (AVX2).
-    Numba compiles for the host CPU and keys its cache on it, so the choice
-    follows the machine the kernels run on."""
+    """Width of the vector registers Numba compiles for: 64 bytes with AVX-512, else 32
+    (AVX2). Numba compiles for the host CPU unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES
+    name another (a portable cache, or a test of the AVX2 build on an AVX-512 machine),
+    and keys its cache on that choice, so the block shape follows the same choice:
+    the features given, else 32 bytes for a named CPU, else the host's."""
     import llvmlite.binding as llvm
-    return 64 if "+avx512f" in llvm.get_host_cpu_features().flatten().split(",") else 32
+    import numba
+    features = numba.config.CPU_FEATURES
+    if features is None:
+        if numba.config.CPU_NAME not in (None, "host"):
+            return 32
+        features = llvm.get_host_cpu_features().flatten()
+    return 64 if "+avx512f" in features.split(",") else 32
 
 
 VECTOR_BYTES = _vector_bytes()
