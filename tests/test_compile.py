@@ -12,6 +12,7 @@ import glob
 import importlib.metadata
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -162,3 +163,37 @@ def test_compile_command_fills_an_empty_cache(tmp_path, n_threads):
     assert got["compiled"] == [], (f"compiled again after `python -m lingrad compile`: "
                                    f"{got['compiled']} (WARM_SHAPES misses a path)")
     assert got["loaded"] > 0, "nothing was loaded from the cache"
+
+
+READ_ONLY_RUN = """
+import json, numpy as np, lingrad
+from lingrad import compile as C
+lingrad.bias_grad(np.ones((3, 2), np.float32))
+print(json.dumps({"file": lingrad.__file__, "cache": C.cache_dir()}))
+"""
+
+
+def test_unwritable_kernels_dir_falls_back_to_the_user_cache(tmp_path):
+    """README, "Where the cache lives", case 3: when Numba cannot write beside the kernel
+    files (a read-only site-packages), the cache goes to the user-wide directory under
+    $XDG_CACHE_HOME, and `lingrad.compile.cache_dir()` says so. The package is copied, and
+    its kernels/__pycache__ made a plain file, which no user (root included) can write a
+    cache into."""
+    src = os.path.dirname(lingrad.__file__)
+    site = tmp_path / "site"
+    pkg = site / "lingrad"
+    shutil.copytree(src, pkg, ignore=shutil.ignore_patterns("__pycache__", "kernels"))
+    shutil.copytree(os.path.dirname(lingrad.kernels.__file__), pkg / "kernels",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "kernels" / "__pycache__").write_text("not a directory\n")
+    xdg = tmp_path / "xdg"
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_CACHE_DIR"}
+    env.update(PYTHONPATH=str(site), XDG_CACHE_HOME=str(xdg), NUMBA_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-c", READ_ONLY_RUN], env=env, capture_output=True,
+                         text=True, timeout=600, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert got["file"].startswith(str(pkg)), f"imported {got['file']}, not the copy"
+    assert got["cache"].startswith(str(xdg / "numba")), got
+    index = glob.glob(str(xdg / "numba" / "**" / "*.nbi"), recursive=True)
+    assert index, f"no cache index under {xdg}: {list(xdg.rglob('*'))[:10]}"
