@@ -25,8 +25,6 @@ import functools
 from collections import namedtuple
 from typing import Optional, Tuple
 
-import numba
-
 from . import kernels as K
 
 Plan = namedtuple("Plan", ["op", "M", "K", "N", "threads", "split", "blocks", "pack_a", "b_mode",
@@ -43,12 +41,6 @@ or engine.MASK_B); want_db: db is summed while A is packed;
 swap: dw runs as dw.T = d.T @ x (else dw = x.T @ d); scratch: C is float64 scratch, added
 into the output afterwards (engine.merge).
 """
-
-
-def threads(work: int) -> int:
-    """The thread count a call of ``work`` multiply-adds may use: 1 below SERIAL_WORK
-    (without asking Numba, which costs about 0.7 us a call), else the count in force."""
-    return 1 if work < K.SERIAL_WORK else numba.get_num_threads()
 
 
 @functools.lru_cache(maxsize=1024)
