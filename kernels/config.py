@@ -60,6 +60,19 @@ PREFETCH = 16
 # each is added into the float64 partials: the float32 error grows with KF,
 # not with the batch (tests/test_accuracy.py holds it to numpy's pairwise sum).
 KF = 64
+# The dot kernel (micro.dot) computes a block of C of up to DOT_COLS columns, each output
+# one vector dot product along k, in DOT_ACC accumulators (half of AVX-512's 32 registers,
+# of AVX2's 16): DOT_ACC // cols rows per call, a load of A per row and of B per column for
+# each vector of k. The plan uses it for a forward or dx whose output has at most
+# NR / DOT_SHARE columns, where the micro-kernel would fill a third of its NR-wide tile or
+# less. Zen 5 (AVX-512), 2026-12-03, 1 thread, forward, dot / micro-kernel time, N = 2048:
+#   float32 (NR 32): I x O = 50 x 10 0.90, 256 x 10 0.66, 784 x 4 0.33, 784 x 8 0.46,
+#                    256 x 16 0.84, 784 x 16 1.35, 64 x 24 1.76, 256 x 32 1.82
+#   float64 (NR 16): 50 x 10 0.61, 256 x 10 0.92, 784 x 4 0.63, 784 x 8 1.12, 784 x 16 1.95
+DOT_ACC = 16 if VECTOR_BYTES == 64 else 8
+DOT_COLS = 4
+DOT_SHARE = 3
+
 # Blocks of the forward and dx (C's rows are the batch). A summed axis up to
 # KC_MAX long is taken whole: each tile of C is then stored once, and the rows
 # of x it reads stay in L1 while the panels of B go by. Longer ones are cut into

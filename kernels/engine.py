@@ -22,11 +22,12 @@ the split over threads: all arrive from plan.py. Nothing here decides.
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
-from .micro import micro, transpose_tile
+from .config import DOT_ACC, DOT_COLS, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
+from .micro import dot, micro, transpose_tile
 
 
-WHOLE, IN_PLACE, BLOCK = 0, 1, 2  # how B is read: packed whole once, in place, packed per block
+# how B is read: packed whole once, in place, packed per block; by the dot kernel (as B.T's rows)
+WHOLE, IN_PLACE, BLOCK, DOT = 0, 1, 2, 3
 MASK_A, MASK_B = 1, 2  # the operand the ReLU mask applies to (0: none)
 
 
@@ -205,6 +206,56 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
 
 
 @njit(**JIT)
+def dot_block(A, B, C, bias, m0, m1, K, N, relu):
+    """C[m0:m1] = A[m0:m1] @ B (+ bias) (then ReLU) by the dot kernel: a product with few
+    columns N (see config.DOT_SHARE), each output a dot product of a row of A with a
+    column of B.
+
+    A (M x K) a view with unit column stride (read in place); B (K x N) a view, read in
+    place when its columns are contiguous (w.T of a C-order w, w of one column), else
+    copied first into a contiguous B.T (N x K values); C =
+    (buf, off, ldc) of A's dtype. DOT_ACC rows of A at a time, read from L1 by every group
+    of DOT_COLS columns (and a narrower last group: its own compiled copy); DOT_ACC // cols
+    rows per kernel call. Serial.
+    numpy: C[m0:m1] = A[m0:m1] @ B (+ bias).
+    """
+    bbuf, boff, brs, bcs = B
+    if brs != 1:
+        bt = np.empty(N * K, bbuf.dtype)
+        for j in range(N):
+            for k in range(K):
+                bt[j * K + k] = bbuf[boff + k * brs + j * bcs]
+        bbuf, boff, bcs = bt, 0, K
+    abuf, aoff, ars = A[0], A[1], A[2]
+    cbuf, coff, ldc = C
+    fl = (bias.size > 0, relu)
+    for q0 in range(m0, m1, DOT_ACC):  # DOT_ACC rows of A at a time (in L1), for every group
+        q1 = min(q0 + DOT_ACC, m1)
+        for j0 in range(0, N, DOT_COLS):
+            n = min(DOT_COLS, N - j0)
+            bo = boff + j0 * bcs
+            if n == DOT_COLS:
+                dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl,
+                         DOT_COLS)
+            elif n == 3:
+                dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl, 3)
+            elif n == 2:
+                dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl, 2)
+            else:
+                dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl, 1)
+
+
+@njit(**JIT)
+def dot_rows(abuf, aoff, ars, bbuf, boff, rsb, cbuf, coff, ldc, bias, j0, m0, m1, K, fl, cols):
+    """Rows m0:m1 of one group of cols columns (dot_block's inner loop), DOT_ACC // cols
+    rows per call of the dot kernel."""
+    rows = DOT_ACC // cols
+    for r0 in range(m0, m1, rows):
+        dot(abuf, bbuf, cbuf, bias, (aoff + r0 * ars, ars, boff, rsb, coff + r0 * ldc, ldc, j0),
+            (K, min(rows, m1 - r0)), fl, cols)
+
+
+@njit(**JIT)
 def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     """Thread t's share of gemm: with split 0, rows t*M//T to (t+1)*M//T of C; with split 1,
     that share of the summed axis K, into its own partial C[t] (C's offset plus t times
@@ -213,6 +264,9 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     M, K, N, R = dims
     MC, KC, KF = blocks
     pack, masked, bmode, relu, want_db, accumulate = flags
+    if bmode == DOT:
+        dot_block(A, B, C, bias, t * M // T, (t + 1) * M // T, K, N, relu)
+        return
     kc, nr = min(KC, max(K, 1)), lanes(bp)
     ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)
     cols = -(-N // nr) * nr if bmode == BLOCK else 0
@@ -281,9 +335,10 @@ def colsum_rows(D, Y, masked, n0, n1, acc):
             for j in range(O):
                 acc[j] += value(D, Y, masked, n, j)
     elif O == 1 and rs == 1:
+        v = buf[off + n0: off + n1]  # indices from 0: no wraparound check, so it vectorises
         s = 0.0
-        for n in range(off + n0, off + n1):
-            s += buf[n]
+        for n in range(v.shape[0]):
+            s += v[n]
         acc[0] += s
     else:
         nb = n1 - (n1 - n0) % 4

@@ -40,7 +40,7 @@ import llvmlite.ir as ir
 from numba import types
 from numba.extending import intrinsic
 
-from .config import NV, PREFETCH, VECTOR_BYTES
+from .config import DOT_ACC, NV, PREFETCH, VECTOR_BYTES
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -233,3 +233,134 @@ def transpose_tile(typingctx, src, dst, offs):
         return context.get_dummy_value()
 
     return types.void(src, dst, offs), codegen
+
+
+def _hsum(builder, v):
+    """The sum of v's lanes: halves added pairwise (log2(lanes) rounds), lane 0 returned."""
+    n = v.type.count
+    while n > 1:
+        n //= 2
+        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n))))
+        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n))))
+        v = builder.fadd(lo, hi)
+    return builder.extract_element(v, I32(0))
+
+
+@intrinsic
+def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
+    """The dot kernel, for a product with few output columns (BLIS's level-1f dotxf):
+
+    C[r, j] := sum_{k < kc} A[r, k] * B[j, k]  (+ bias[j])  (then ReLU)
+    for 0 <= r < m <= rows = DOT_ACC // cols and 0 <= j < cols
+
+    A[r, k] = a[ia + r * rsa + k]     rows contiguous along k (x or dy in C order)
+    B[j, k] = b[ib + j * rsb + k]     rows contiguous along k (w.T, packed or in place)
+    C[r, j] = c[ic + r * ldc + j]     one scalar store per output
+    bias[j] = bias[ibias + j]         read only when use_bias
+
+    offs = (ia, rsa, ib, rsb, ic, ldc, ibias), dims = (kc, m), flags = (use_bias, relu);
+    cols is a constant (the copy compiled for it), and so rows: DOT_ACC accumulators in
+    all. C may be float64 while A and B are float32 (each sum converted once).
+
+    - The k loop runs over whole vectors of VECTOR_BYTES, the last one by masked loads
+      (lanes past kc are never read): rows * cols accumulators, phi nodes as in micro, so
+      in registers; rows + cols vector loads and rows * cols FMAs per vector of k.
+    - Each accumulator is then summed across its lanes (halves added pairwise).
+    - Rows r >= m read row 0 of A and are never stored.
+    - ReLU keeps NaN, as in micro. Serial; no state.
+    """
+    if not isinstance(cols, types.IntegerLiteral):
+        return None
+    J = cols.literal_value
+    R = DOT_ACC // J
+
+    def codegen(context, builder, sig, args):
+        ia, rsa, ib, rsb, ic, ldc, ibias = _scalars(context, builder, args[4], sig.args[4],
+                                                   types.int64)
+        kc, m = _scalars(context, builder, args[5], sig.args[5], types.int64)
+        use_bias, relu = _scalars(context, builder, args[6], sig.args[6], types.boolean)
+        pa, pb, pc, pbias = (context.make_array(t)(context, builder, v).data
+                             for t, v in zip(sig.args[:4], args[:4]))
+        elt = context.get_data_type(sig.args[0].dtype)
+        align = context.get_abi_sizeof(elt)
+        vl = VECTOR_BYTES // align
+        vt = ir.VectorType(elt, vl)
+        load = f"llvm.masked.load.{_suffix(vt)}.p0"
+        fma = f"llvm.fma.{_suffix(vt)}"
+        zero = ir.Constant(vt, [0.0] * vl)
+        arow = [builder.gep(pa, [builder.add(ia, builder.mul(
+            builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
+            for r in range(R)]
+        brow = [builder.gep(pb, [builder.add(ib, builder.mul(I64(j), rsb))])
+                for j in range(J)]
+        lane = ir.Constant(ir.VectorType(I64, vl), list(range(vl)))
+
+        entry = builder.block
+        loop = builder.append_basic_block("dot.k")
+        done = builder.append_basic_block("dot.done")
+        builder.cbranch(builder.icmp_signed(">", kc, I64(0)), loop, done)
+        builder.position_at_end(loop)
+        k = builder.phi(I64)
+        acc = [[builder.phi(vt) for _ in range(J)] for _ in range(R)]
+        mask = builder.icmp_signed("<", lane, _splat(builder, builder.sub(kc, k), ir.VectorType(I64, vl)))
+
+        def vload(row):
+            ptr = builder.bitcast(builder.gep(row, [k]), vt.as_pointer())
+            return _call(builder, load, vt, [ptr, I32(align), mask, zero])
+
+        bv = [vload(brow[j]) for j in range(J)]
+        new = []
+        ahead = builder.add(k, builder.mul(I64(R), rsa))  # the same row of the next call's block
+        for r in range(R):
+            _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
+                builder.bitcast(builder.gep(arow[r], [ahead]), ir.IntType(8).as_pointer()),
+                I32(0), I32(3), I32(1)])
+            av = vload(arow[r])
+            new.append([_call(builder, fma, vt, [av, bv[j], acc[r][j]]) for j in range(J)])
+        k1 = builder.add(k, I64(vl))
+        k.add_incoming(I64(0), entry)
+        k.add_incoming(k1, loop)
+        for r in range(R):
+            for j in range(J):
+                acc[r][j].add_incoming(zero, entry)
+                acc[r][j].add_incoming(new[r][j], loop)
+        builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+
+        builder.position_at_end(done)
+        sums = [[builder.phi(vt) for _ in range(J)] for _ in range(R)]
+        for r in range(R):
+            for j in range(J):
+                sums[r][j].add_incoming(zero, entry)
+                sums[r][j].add_incoming(new[r][j], loop)
+        celt = context.get_data_type(sig.args[2].dtype)  # C's and the bias's
+        czero = ir.Constant(celt, 0.0)
+        # the bias, loaded only when there is one (an empty bias has nothing to read)
+        with_bias = builder.append_basic_block("dot.bias")
+        store = builder.append_basic_block("dot.store")
+        builder.cbranch(use_bias, with_bias, store)
+        builder.position_at_end(with_bias)
+        loaded = [builder.load(builder.gep(pbias, [builder.add(ibias, I64(j))])) for j in range(J)]
+        if loaded and loaded[0].type != celt:
+            loaded = [context.cast(builder, v, sig.args[3].dtype, sig.args[2].dtype) for v in loaded]
+        builder.branch(store)
+        builder.position_at_end(store)
+        bvals = []
+        for j in range(J):
+            bval = builder.phi(celt)
+            bval.add_incoming(czero, done)
+            bval.add_incoming(loaded[j], with_bias)
+            bvals.append(bval)
+        for r in range(R):
+            with builder.if_then(builder.icmp_signed("<", I64(r), m)):
+                base = builder.add(ic, builder.mul(I64(r), ldc))
+                for j in range(J):
+                    val = _hsum(builder, sums[r][j])
+                    if celt != elt:  # a float64 C of float32 operands (the engine's dw scratch)
+                        val = builder.fpext(val, celt)
+                    val = builder.fadd(val, bvals[j])
+                    keep = builder.fcmp_unordered(">", val, czero)
+                    val = builder.select(relu, builder.select(keep, val, czero), val)
+                    builder.store(val, builder.gep(pc, [builder.add(base, I64(j))]))
+        return context.get_dummy_value()
+
+    return types.void(a, b, c, bias, offs, dims, flags, cols), codegen

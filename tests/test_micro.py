@@ -159,3 +159,101 @@ def test_transpose_tile_writes_the_transposed_tile_and_nothing_else(dtype):
     np.testing.assert_array_equal(dst.reshape(30, 60)[7:7 + vl, 2:2 + vl],
                                   src.reshape(40, 50)[3:3 + vl, 5:5 + vl].T)
     assert (dst == -1).sum() == dst.size - vl * vl
+
+
+# ---- the dot kernel (micro.dot): C[r, j] = A[r, :kc] . B[j, :kc] (+ bias) (ReLU) ----
+from lingrad.kernels import DOT_ACC, DOT_COLS  # noqa: E402
+from lingrad.kernels.micro import dot  # noqa: E402
+
+
+@njit
+def dot_block(a, b, c, bias, offs, dims, flags, cols):
+    if cols == 1:
+        dot(a, b, c, bias, offs, dims, flags, 1)
+    elif cols == 2:
+        dot(a, b, c, bias, offs, dims, flags, 2)
+    elif cols == 3:
+        dot(a, b, c, bias, offs, dims, flags, 3)
+    else:
+        dot(a, b, c, bias, offs, dims, flags, DOT_COLS)
+
+
+@pytest.mark.parametrize("dtype,cdtype", [(np.float32, np.float32), (np.float64, np.float64),
+                                          (np.float32, np.float64)], ids=["f32", "f64", "f32->f64"])
+@pytest.mark.parametrize("cols", range(1, DOT_COLS + 1))
+@pytest.mark.parametrize("m_off", [0, 1, -1], ids=["m=rows", "m=rows-1", "m=1"])
+@pytest.mark.parametrize("kc", [0, 1, 37, 64])
+def test_dot_contract(dtype, cdtype, cols, m_off, kc):
+    rows = DOT_ACC // cols
+    m = {0: rows, 1: rows - 1, -1: 1}[m_off]
+    if m < 1:
+        pytest.skip("a block of 1 row has no m = rows - 1")
+    rng = np.random.default_rng(11)
+    rsa, rsb, ldc = kc + 3, kc + 5, cols + 2
+    a = rng.standard_normal((rows, rsa)).astype(dtype)
+    b = rng.standard_normal((cols, rsb)).astype(dtype)
+    bias = rng.standard_normal(cols + 2).astype(cdtype)
+    want = a[:m, :kc].astype(np.float64) @ b[:, :kc].astype(np.float64).T
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    c = np.full((rows + 1, ldc), np.nan, cdtype)
+    # no bias, no ReLU: only C[1:m+1, :cols] is written (NaN elsewhere would stay NaN)
+    dot_block(a.reshape(-1), b.reshape(-1), c.reshape(-1), bias, (0, rsa, 0, rsb, ldc, ldc, 0),
+              (kc, m), (False, False), cols)
+    np.testing.assert_allclose(c[1:m + 1, :cols], want, rtol=tol, atol=tol * max(kc, 1))
+    assert np.isnan(c[0]).all() and np.isnan(c[m + 1:]).all() and np.isnan(c[:, cols:]).all()
+    # the bias from offset 2, then the ReLU
+    dot_block(a.reshape(-1), b.reshape(-1), c.reshape(-1), bias, (0, rsa, 0, rsb, ldc, ldc, 2),
+              (kc, m), (True, True), cols)
+    expect = np.maximum(want + bias[2:2 + cols], 0)
+    np.testing.assert_allclose(c[1:m + 1, :cols], expect, rtol=tol, atol=tol * max(kc, 1))
+
+
+def test_dot_relu_keeps_nan():
+    a = np.array([np.nan, 1.0, -1.0, 0.0], np.float32)
+    b = np.ones(4, np.float32)
+    c = np.zeros(4, np.float32)
+    dot_block(a, b, c, b, (0, 1, 0, 0, 0, 1, 0), (1, 4), (False, True), 1)
+    assert np.isnan(c[0]) and list(c[1:]) == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dot_reads_no_lane_past_kc(dtype):
+    """A's and B's rows end where a page the process may not read begins, so a load of one
+    lane past kc would crash the test."""
+    mmap = pytest.importorskip("mmap")
+    ctypes = pytest.importorskip("ctypes")
+    page = mmap.PAGESIZE
+    buf = mmap.mmap(-1, 2 * page)
+    libc = ctypes.CDLL(None, use_errno=True)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    if libc.mprotect(ctypes.c_void_p(addr + page), page, 0) != 0:  # PROT_NONE
+        pytest.skip("mprotect is not available")
+    item = np.dtype(dtype).itemsize
+    kc = VECTOR_BYTES // item + 3
+    whole = np.frombuffer(buf, dtype, count=page // item)
+    ab = whole[page // item - 2 * kc:]  # one row of A, then one of B, ending at the guard page
+    ab[:] = np.random.default_rng(5).standard_normal(2 * kc)
+    c = np.full(1, np.nan, dtype)
+    dot_block(ab, ab, c, c, (0, kc, kc, kc, 0, 1, 0), (kc, 1), (False, False), 1)
+    np.testing.assert_allclose(c[0], ab[:kc].astype(np.float64) @ ab[kc:], rtol=1e-5)
+    del whole, ab
+    libc.mprotect(ctypes.c_void_p(addr + page), page, 3)  # PROT_READ | PROT_WRITE
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dot_k_loop_keeps_its_sums_in_registers(dtype):
+    """Each compiled copy (cols = 1 to DOT_COLS) has a k loop of rows * cols FMAs, rows + cols
+    vector loads (A's rows, B's rows) and no store."""
+    a, b, c = (np.zeros(s, dtype) for s in (DOT_ACC * 40, DOT_COLS * 40, DOT_ACC * DOT_COLS))
+    for cols in range(1, DOT_COLS + 1):
+        dot_block(a, b, c, c, (0, 40, 0, 40, 0, cols, 0), (40, DOT_ACC // cols), (False, False),
+                  cols)
+    sig = [s for s in dot_block.signatures if str(s[0].dtype) == np.dtype(dtype).name][0]
+    found = set()
+    for body in fma_loops(dot_block.inspect_asm(sig)):
+        stores = [x for x in body if re.match(r"^v?(mask)?mov\w*\s+%[xyz]mm\d+, .*\(", x)]
+        assert not stores, f"stores inside the k loop: {stores}"
+        loads = sum(bool(re.match(r"^v(mask)?mov[au]?p[sd]\s+-?\w*\(", x)) for x in body)
+        found.add((sum("vfmadd" in x for x in body), loads))
+    want = {((DOT_ACC // cols) * cols, DOT_ACC // cols + cols) for cols in range(1, DOT_COLS + 1)}
+    assert want <= found, f"k loops (FMAs, loads) expected {want}, found {found}"

@@ -52,12 +52,22 @@ def made():
 def features(plan, itemsize):
     nr = K.NV * K.VECTOR_BYTES // itemsize
     mc, kc, kf = plan.blocks
-    f = {f"{plan.op} b_mode={ {E.WHOLE: 'WHOLE', E.IN_PLACE: 'IN_PLACE', E.BLOCK: 'BLOCK'}[plan.b_mode]}",
+    names = {E.WHOLE: 'WHOLE', E.IN_PLACE: 'IN_PLACE', E.BLOCK: 'BLOCK', E.DOT: 'DOT'}
+    f = {f"{plan.op} b_mode={names[plan.b_mode]}",
          f"{plan.op} pack_a={plan.pack_a}", f"{plan.op} masked={plan.masked}",
          f"{plan.op} threads={'many' if plan.threads > 1 else 1}"}
     if plan.op == "dw":
         f.add(f"dw swap={plan.swap} scratch={plan.scratch}")
         f.add(f"dw swap={plan.swap} b_mode={plan.b_mode}")
+    if plan.b_mode == E.DOT:  # the dot kernel's edges instead of the micro-kernel's
+        f.add(f"{plan.op} dot threads={'many' if plan.threads > 1 else 1}")
+        if plan.N % K.DOT_COLS:
+            f.add(f"{plan.op} dot: a last group narrower than DOT_COLS")
+        if plan.M % K.DOT_ACC:
+            f.add(f"{plan.op} dot: rows past the last whole block of DOT_ACC")
+        if plan.N >= K.DOT_COLS:
+            f.add(f"{plan.op} dot: a whole group of DOT_COLS")
+        return f
     if plan.M and plan.M % K.MR:
         f.add(f"{plan.op} rows past the last whole micro-tile")
     if plan.N and plan.N % nr:
@@ -77,7 +87,10 @@ REQUIRED = (
      "dw b_mode=IN_PLACE", "dw b_mode=BLOCK", f"dw swap=True b_mode={E.BLOCK}",
      f"dw swap=True b_mode={E.IN_PLACE}", f"dw swap=False b_mode={E.BLOCK}",
      f"dw swap=False b_mode={E.IN_PLACE}", "dw masked=1", "dw masked=2", "dw several KC blocks",
-     "dw float64 flushes within a block"]
+     "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT"]
+    + [f"{op} dot: {edge}" for op in ("forward", "dx")
+       for edge in ("a last group narrower than DOT_COLS", "rows past the last whole block of DOT_ACC")]
+    + ["forward dot: a whole group of DOT_COLS"]
     + [f"{op} {edge}" for op in ("forward", "dx", "dw")
        for edge in ("rows past the last whole micro-tile", "an edge tile (n < NR)")])
 

@@ -9,10 +9,12 @@ constant of lingrad.kernels.config; ``explain`` says the same in words.
 The three products, as C (M x N) = A (M x K) @ B (K x N):
 
     op        C      A      B     parallel over      packed
-    forward   y      x      w     rows of y          w (once per call, all of it) past
+    forward   y      x      w     rows of y          at most NR / DOT_SHARE columns of y:
+                                                     nothing (the dot kernel); else w (once per call, all of it) past
                                                      B_IN_PLACE_ROWS rows, else read in place;
                                                      x if not contiguous along I
-    dx        dx     d      w.T   rows of dx         w.T (once per call); d when masked or
+    dx        dx     d      w.T   rows of dx         at most NR / DOT_SHARE columns, d unmasked:
+                                                     nothing (the dot kernel); else w.T (once per call); d when masked or
                                                      not contiguous along O
     dw        dw     x.T    d     rows of dw         a batch up to DW_DIRECT_ROWS: nothing (d
                                                      per block when masked); float64 scratch
@@ -74,6 +76,12 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         b_mode = E.IN_PLACE if b_unit_n and not masked else E.BLOCK
         return Plan(op, M, Kdim, N, T, 0, (K.MC, kc, K.KF if scratch else kc), False, b_mode,
                     E.MASK_B if masked else 0, False, False, scratch)
+    if N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize) and a_unit_k and not masked:
+        # few output columns: each output one dot product along k (the dot kernel), A and
+        # B.T read by rows, rows of C over threads
+        T = min(threads, max(1, M // K.DOT_ACC)) if work >= K.SERIAL_WORK else 1
+        return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim), False, E.DOT, 0, False,
+                    False, False)
     pack_a = masked or not a_unit_k
     mc = K.MC_PACKED if pack_a else K.MC
     b_mode = E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE
@@ -91,8 +99,12 @@ def explain(plan: Plan) -> str:
     lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B "
              f"({plan.K} x {plan.N})",
              f"  blocks: MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} rows x "
-             f"{K.NV} vectors (kernels/config.py)"]
-    chain = "gemm_task -> gemm_block -> kernels/micro.py micro"
+             f"{K.NV} vectors (kernels/config.py)" if plan.b_mode != E.DOT else
+             f"  blocks: KC = {kc} values of k (all of them), dot kernel: at most NR / "
+             f"{K.DOT_SHARE} columns (DOT_SHARE), each output a dot product along k; "
+             f"{K.DOT_ACC} accumulators, columns in groups of {K.DOT_COLS} (kernels/config.py)"]
+    chain = ("gemm_task -> dot_block -> kernels/micro.py dot" if plan.b_mode == E.DOT else
+             "gemm_task -> gemm_block -> kernels/micro.py micro")
     if plan.threads == 1:
         lines.append(f"  serial: kernels/engine.py {chain}")
     else:
@@ -105,7 +117,9 @@ def explain(plan: Plan) -> str:
                  f"{', db summed while packing' if plan.want_db else ''}")
     lines.append("  B: " + {E.WHOLE: "packed whole, once per call, into NR-column panels (engine.pack_whole_b)",
                             E.IN_PLACE: "read in place (edge panels by masked loads)",
-                            E.BLOCK: "packed KC rows at a time (engine.pack_b)"}[plan.b_mode]
+                            E.BLOCK: "packed KC rows at a time (engine.pack_b)",
+                            E.DOT: "read by columns (B.T's rows): in place when they are "
+                                   "contiguous, else copied once per call and thread"}[plan.b_mode]
                  + (", ReLU mask applied while packing" if plan.masked == E.MASK_B else ""))
     if plan.swap:
         lines.append("  C: per-thread float64 partials of dw.T, added up and rounded once into dw "
