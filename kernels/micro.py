@@ -294,6 +294,7 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
         brow = [builder.gep(pb, [builder.add(ib, builder.mul(I64(j), rsb))])
                 for j in range(J)]
         lane = ir.Constant(ir.VectorType(I64, vl), list(range(vl)))
+        nextrows = builder.add(ia, builder.mul(I64(R), rsa))
 
         entry = builder.block
         loop = builder.append_basic_block("dot.k")
@@ -310,11 +311,14 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
 
         bv = [vload(brow[j]) for j in range(J)]
         new = []
-        ahead = builder.add(k, builder.mul(I64(R), rsa))  # the same row of the next call's block
+        # prefetch the next call's rows (from A's row R on) as one stream, R vectors per
+        # vector of k: from one pointer, so the loop needs no register per row for it
+        ahead = builder.add(nextrows, builder.mul(k, I64(R)))
         for r in range(R):
             _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
-                builder.bitcast(builder.gep(arow[r], [ahead]), ir.IntType(8).as_pointer()),
-                I32(0), I32(3), I32(1)])
+                builder.bitcast(builder.gep(pa, [builder.add(ahead, I64(r * vl))]),
+                                ir.IntType(8).as_pointer()), I32(0), I32(3), I32(1)])
+        for r in range(R):
             av = vload(arow[r])
             new.append([_call(builder, fma, vt, [av, bv[j], acc[r][j]]) for j in range(J)])
         k1 = builder.add(k, I64(vl))
