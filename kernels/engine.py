@@ -98,7 +98,8 @@ def pack_dt_panel(A, Y, masked, m, k0, kc, out, db, want_db):
             on = Y[0][Y[1] + m + (k0 + k) * Y[3]:][:MR]
             dst = out[k * MR: (k + 1) * MR]
             for r in range(MR):
-                dst[r] = src[r] if on[r] > 0 else 0.0
+                v = src[r]  # loaded either way, so the choice is a select, not a branch
+                dst[r] = v if on[r] > 0 else 0.0
     else:
         for k in range(kc):
             src = buf[off + m + (k0 + k) * cs:][:MR]
