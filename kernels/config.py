@@ -72,6 +72,9 @@ KF = 64
 DOT_ACC = 16 if VECTOR_BYTES == 64 else 8
 DOT_COLS = 4
 DOT_SHARE = 3
+# ... and for a product of at most DOT_MAX_ROWS rows whose B has contiguous columns (dx's
+# w.T of a C-order w), which the micro-kernel would have packed whole for a few rows.
+DOT_MAX_ROWS = 4
 
 # Blocks of the forward and dx (C's rows are the batch). A summed axis up to
 # KC_MAX long is taken whole: each tile of C is then stored once, and the rows

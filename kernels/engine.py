@@ -249,7 +249,8 @@ def dot_block(A, B, C, bias, m0, m1, K, N, relu):
     copied first into a contiguous B.T (N x K values); C =
     (buf, off, ldc) of A's dtype. DOT_ACC rows of A at a time, read from L1 by every group
     of DOT_COLS columns (and a narrower last group: its own compiled copy); DOT_ACC // cols
-    rows per kernel call. Serial.
+    rows per kernel call. A single row (a batch of 1) takes DOT_ACC columns per call
+    instead, so no accumulator computes a row that is not there. Serial.
     numpy: C[m0:m1] = A[m0:m1] @ B (+ bias).
     """
     bbuf, boff, brs, bcs = B
@@ -264,18 +265,27 @@ def dot_block(A, B, C, bias, m0, m1, K, N, relu):
     fl = (bias.size > 0, relu)
     for q0 in range(m0, m1, DOT_ACC):  # DOT_ACC rows of A at a time (in L1), for every group
         q1 = min(q0 + DOT_ACC, m1)
-        for j0 in range(0, N, DOT_COLS):
-            n = min(DOT_COLS, N - j0)
+        j0 = 0
+        while j0 < N:
             bo = boff + j0 * bcs
-            if n == DOT_COLS:
+            if q1 - q0 == 1 and N - j0 >= DOT_ACC:  # a single row: DOT_ACC columns at a time
+                n = DOT_ACC
+                dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl,
+                         DOT_ACC)
+            elif N - j0 >= DOT_COLS:
+                n = DOT_COLS
                 dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl,
                          DOT_COLS)
-            elif n == 3:
+            elif N - j0 == 3:
+                n = 3
                 dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl, 3)
-            elif n == 2:
+            elif N - j0 == 2:
+                n = 2
                 dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl, 2)
             else:
+                n = 1
                 dot_rows(abuf, aoff, ars, bbuf, bo, bcs, cbuf, coff + j0, ldc, bias, j0, q0, q1, K, fl, 1)
+            j0 += n
 
 
 @njit(**JIT)

@@ -67,6 +67,8 @@ def features(plan, itemsize):
             f.add(f"{plan.op} dot: rows past the last whole block of DOT_ACC")
         if plan.N >= K.DOT_COLS:
             f.add(f"{plan.op} dot: a whole group of DOT_COLS")
+        if plan.M == 1 and plan.N >= K.DOT_ACC:
+            f.add(f"{plan.op} dot: a single row, DOT_ACC columns at a time")
         return f
     if plan.M and plan.M % K.MR:
         f.add(f"{plan.op} rows past the last whole micro-tile")
@@ -90,7 +92,7 @@ REQUIRED = (
      "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT"]
     + [f"{op} dot: {edge}" for op in ("forward", "dx")
        for edge in ("a last group narrower than DOT_COLS", "rows past the last whole block of DOT_ACC")]
-    + ["forward dot: a whole group of DOT_COLS"]
+    + ["forward dot: a whole group of DOT_COLS", "dx dot: a single row, DOT_ACC columns at a time"]
     + [f"{op} {edge}" for op in ("forward", "dx", "dw")
        for edge in ("rows past the last whole micro-tile", "an edge tile (n < NR)")])
 

@@ -76,9 +76,11 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         b_mode = E.IN_PLACE if b_unit_n and not masked else E.BLOCK
         return Plan(op, M, Kdim, N, T, 0, (K.MC, kc, K.KF if scratch else kc), False, b_mode,
                     E.MASK_B if masked else 0, False, False, scratch)
-    if N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize) and a_unit_k and not masked:
-        # few output columns: each output one dot product along k (the dot kernel), A and
-        # B.T read by rows, rows of C over threads
+    narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize)
+    if a_unit_k and not masked and (narrow or not b_unit_n and M <= K.DOT_MAX_ROWS):
+        # few output columns, or a short batch whose B would be packed whole (B.T's rows,
+        # w of a dx, are contiguous): each output one dot product along k (the dot
+        # kernel), A and B.T read by rows, rows of C over threads
         T = min(threads, max(1, M // K.DOT_ACC)) if work >= K.SERIAL_WORK else 1
         return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim), False, E.DOT, 0, False,
                     False, False)
