@@ -76,6 +76,13 @@ DOT_SHARE = 3
 # w.T of a C-order w), which the micro-kernel would have packed whole for a few rows.
 DOT_MAX_ROWS = 4
 
+# A product summed over at most AXPY_MAX_K values of k (an outer product, mostly) runs as
+# scaled rows of B added into each row of C (engine.axpy_block), not as micro-kernel calls
+# of a k or two each. Zen 5, 2026-12-03, float32, 1 thread, dx = d @ w.T as M x K x N,
+# axpy / micro-kernel path, us: 50000x1x50 179 / 718, 10000x1x256 143 / 468, 10000x2x256
+# 298 / 509, 10000x4x256 513 / 559, 10000x10x256 1683 / 679; 784x1x50 (dw of a batch of
+# one) 4 / 16.
+AXPY_MAX_K = 2
 # Blocks of the forward and dx (C's rows are the batch). A summed axis up to
 # KC_MAX long is taken whole: each tile of C is then stored once, and the rows
 # of x it reads stay in L1 while the panels of B go by. Longer ones are cut into

@@ -26,8 +26,9 @@ from .config import DOT_ACC, DOT_COLS, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, 
 from .micro import dot, micro, transpose_tile
 
 
-# how B is read: packed whole once, in place, packed per block; by the dot kernel (as B.T's rows)
-WHOLE, IN_PLACE, BLOCK, DOT = 0, 1, 2, 3
+# how B is read: packed whole once, in place, packed per block; by the dot kernel (as B.T's
+# rows); by rows, as a few scaled rows added into each row of C (axpy_block)
+WHOLE, IN_PLACE, BLOCK, DOT, AXPY = 0, 1, 2, 3, 4
 MASK_A, MASK_B = 1, 2  # the operand the ReLU mask applies to (0: none)
 
 
@@ -299,6 +300,50 @@ def dot_rows(abuf, aoff, ars, bbuf, boff, rsb, cbuf, coff, ldc, bias, j0, m0, m1
 
 
 @njit(**JIT)
+def axpy_block(A, B, C, bias, m0, m1, K, N, relu, accumulate):
+    """C[m0:m1] (+)= A[m0:m1] @ B (+ bias) (then ReLU) for a summed axis of a few values
+    (K at most config.AXPY_MAX_K): each row of C is K rows of B scaled by A[m, k] and
+    added up in place, one pass along the row per k, vectorised along N (BLIS's axpyf).
+
+    A (M x K) a view of any strides (one scalar per (m, k)); B (K x N) a view, read in
+    place when its rows are contiguous, else copied first (K * N values); C = (buf, off,
+    ldc). The first k overwrites C (never read) unless accumulate. An outer product
+    (K = 1: dx of a layer with one output, dw of a batch of one) is then a write of C at
+    the speed of a fill, where the micro-kernel would run a whole call per MR x NR tile
+    for one k. Serial. numpy: C[m0:m1] (+)= A[m0:m1] @ B (+ bias).
+    """
+    bbuf, boff, brs, bcs = B
+    if bcs != 1:
+        bt = np.empty(K * N, bbuf.dtype)
+        for k in range(K):
+            for j in range(N):
+                bt[k * N + j] = bbuf[boff + k * brs + j * bcs]
+        bbuf, boff, brs = bt, 0, N
+    abuf, aoff, ars, acs = A
+    cbuf, coff, ldc = C
+    for m in range(m0, m1):
+        row = cbuf[coff + m * ldc:][:N]
+        if K == 0 and not accumulate:
+            row[:] = 0.0
+        for k in range(K):
+            a = abuf[aoff + m * ars + k * acs]
+            b = bbuf[boff + k * brs:][:N]
+            if k == 0 and not accumulate:
+                for j in range(N):
+                    row[j] = a * b[j]
+            else:
+                for j in range(N):
+                    row[j] += a * b[j]
+        if bias.size > 0:
+            for j in range(N):
+                row[j] += bias[j]
+        if relu:  # as np.maximum(v, 0): NaN kept
+            for j in range(N):
+                v = row[j]
+                row[j] = v if v > 0 or v != v else 0.0
+
+
+@njit(**JIT)
 def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     """Thread t's share of gemm: with split 0, rows t*M//T to (t+1)*M//T of C; with split 1,
     that share of the summed axis K, into its own partial C[t] (C's offset plus t times
@@ -309,6 +354,9 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     pack, masked, bmode, relu, want_db, accumulate = flags
     if bmode == DOT:
         dot_block(A, B, C, bias, t * M // T, (t + 1) * M // T, K, N, relu)
+        return
+    if bmode == AXPY:
+        axpy_block(A, B, C, bias, t * M // T, (t + 1) * M // T, K, N, relu, accumulate)
         return
     kc, nr = min(KC, max(K, 1)), lanes(bp)
     ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)

@@ -52,13 +52,16 @@ def made():
 def features(plan, itemsize):
     nr = K.NV * K.VECTOR_BYTES // itemsize
     mc, kc, kf = plan.blocks
-    names = {E.WHOLE: 'WHOLE', E.IN_PLACE: 'IN_PLACE', E.BLOCK: 'BLOCK', E.DOT: 'DOT'}
+    names = {E.WHOLE: 'WHOLE', E.IN_PLACE: 'IN_PLACE', E.BLOCK: 'BLOCK', E.DOT: 'DOT', E.AXPY: 'AXPY'}
     f = {f"{plan.op} b_mode={names[plan.b_mode]}",
          f"{plan.op} pack_a={plan.pack_a}", f"{plan.op} masked={plan.masked}",
          f"{plan.op} threads={'many' if plan.threads > 1 else 1}"}
     if plan.op == "dw":
         f.add(f"dw swap={plan.swap} scratch={plan.scratch}")
         f.add(f"dw swap={plan.swap} b_mode={plan.b_mode}")
+    if plan.b_mode == E.AXPY:  # no tiles: rows of C, k = 0, 1 or 2
+        f.add(f"{plan.op} axpy K={plan.K}")
+        return f
     if plan.b_mode == E.DOT:  # the dot kernel's edges instead of the micro-kernel's
         f.add(f"{plan.op} dot threads={'many' if plan.threads > 1 else 1}")
         if plan.N % K.DOT_COLS:
@@ -90,6 +93,7 @@ REQUIRED = (
      f"dw swap=True b_mode={E.IN_PLACE}", f"dw swap=False b_mode={E.BLOCK}",
      f"dw swap=False b_mode={E.IN_PLACE}", "dw masked=1", "dw masked=2", "dw several KC blocks",
      "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT"]
+    + [f"{op} axpy K={k}" for op in ("forward", "dx", "dw") for k in (1, 2)] + ["forward axpy K=0"]
     + [f"{op} dot: {edge}" for op in ("forward", "dx")
        for edge in ("a last group narrower than DOT_COLS", "rows past the last whole block of DOT_ACC")]
     + ["forward dot: a whole group of DOT_COLS", "dx dot: a single row, DOT_ACC columns at a time"]

@@ -87,6 +87,12 @@ def _indent(text: str, by: str = "  ") -> str:
 
 def _path(plan: P.Plan) -> str:
     E = K.engine
+    if plan.b_mode == E.AXPY:
+        return (f"a summed axis of {plan.K} value(s) (<= AXPY_MAX_K = {K.AXPY_MAX_K}): each row "
+                f"of the output is {plan.K} scaled row(s) of B, written in one pass per k")
+    if plan.b_mode == E.DOT:
+        return (f"{plan.N} output column(s): each output one dot product along k (the dot "
+                f"kernel), nothing packed")
     if plan.op == "dw":
         if plan.swap:
             return (f"long batch (N = {plan.K} > DW_DIRECT_ROWS = {K.DW_DIRECT_ROWS}): dw.T = d.T @ x "

@@ -69,6 +69,11 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), True, b_mode,
                     E.MASK_A if masked else 0, want_db, True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
+    if Kdim <= K.AXPY_MAX_K and not masked:
+        # a summed axis of a value or two (an outer product): each row of C is a few
+        # scaled rows of B (engine.axpy_block), rows of C over threads
+        return Plan(op, M, Kdim, N, T, 0, (K.MR, Kdim, Kdim), False, E.AXPY, 0, False, False,
+                    False)
     if op == "dw":
         # a short batch: dw = x.T @ d with x.T and d read in place, rows of dw over threads;
         # float32 sums longer than KF terms go through float64 scratch
@@ -98,15 +103,19 @@ def explain(plan: Plan) -> str:
     E = K.engine
     what = {"forward": "y = x @ w (+ b, ReLU in the epilogue)", "dx": "dx = d @ w.T",
             "dw": "dw.T = d.T @ x" if plan.swap else "dw = x.T @ d"}[plan.op]
+    blocks = {
+        E.DOT: f"KC = {kc} values of k (all of them), dot kernel: at most NR / {K.DOT_SHARE} "
+               f"columns (DOT_SHARE), each output a dot product along k; {K.DOT_ACC} "
+               f"accumulators, columns in groups of {K.DOT_COLS}",
+        E.AXPY: f"KC = {kc} values of k (all of them, at most AXPY_MAX_K = {K.AXPY_MAX_K}): "
+                f"each row of C is {kc} scaled rows of B"}.get(
+        plan.b_mode, f"MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} rows x "
+                     f"{K.NV} vectors")
     lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B "
-             f"({plan.K} x {plan.N})",
-             f"  blocks: MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} rows x "
-             f"{K.NV} vectors (kernels/config.py)" if plan.b_mode != E.DOT else
-             f"  blocks: KC = {kc} values of k (all of them), dot kernel: at most NR / "
-             f"{K.DOT_SHARE} columns (DOT_SHARE), each output a dot product along k; "
-             f"{K.DOT_ACC} accumulators, columns in groups of {K.DOT_COLS} (kernels/config.py)"]
-    chain = ("gemm_task -> dot_block -> kernels/micro.py dot" if plan.b_mode == E.DOT else
-             "gemm_task -> gemm_block -> kernels/micro.py micro")
+             f"({plan.K} x {plan.N})", f"  blocks: {blocks} (kernels/config.py)"]
+    chain = {E.DOT: "gemm_task -> dot_block -> kernels/micro.py dot",
+             E.AXPY: "gemm_task -> axpy_block"}.get(
+        plan.b_mode, "gemm_task -> gemm_block -> kernels/micro.py micro")
     if plan.threads == 1:
         lines.append(f"  serial: kernels/engine.py {chain}")
     else:
@@ -121,7 +130,9 @@ def explain(plan: Plan) -> str:
                             E.IN_PLACE: "read in place (edge panels by masked loads)",
                             E.BLOCK: "packed KC rows at a time (engine.pack_b)",
                             E.DOT: "read by columns (B.T's rows): in place when they are "
-                                   "contiguous, else copied once per call and thread"}[plan.b_mode]
+                                   "contiguous, else copied once per call and thread",
+                            E.AXPY: "read by rows: in place when they are contiguous, else "
+                                    "copied once per call and thread"}[plan.b_mode]
                  + (", ReLU mask applied while packing" if plan.masked == E.MASK_B else ""))
     if plan.swap:
         lines.append("  C: per-thread float64 partials of dw.T, added up and rounded once into dw "
