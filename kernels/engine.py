@@ -62,8 +62,8 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, dst, db, want_db):
     for p0 in range(0, mc, MR):
         base = (p0 // MR) * kc * MR
         rows = min(MR, mc - p0)
-        if rows == MR and A[2] == 1 and (not masked or Y[2] == 1):
-            pack_dt_panel(A, Y, masked, m0 + p0, k0, kc, dst[base: base + kc * MR], db, want_db)
+        if A[2] == 1 and (not masked or Y[2] == 1):
+            pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, dst[base: base + kc * MR], db, want_db)
         elif A[2] <= A[3]:  # A's rows are the short stride (d.T): MR values per k
             for k in range(kc):
                 for r in range(rows):
@@ -83,33 +83,44 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, dst, db, want_db):
 
 
 @njit(**JIT)
-def pack_dt_panel(A, Y, masked, m, k0, kc, out, db, want_db):
-    """out[k * MR + r] = A[m + r, k0 + k] (masked), r < MR, k < kc: pack_a's whole panel of
+def pack_dt_panel(A, Y, masked, m, rows, k0, kc, out, db, want_db):
+    """out[k * MR + r] = A[m + r, k0 + k] (masked), r < rows <= MR, k < kc: pack_a's panel of
     d.T from a C-order d (A's row stride 1); db[m + r] += each value when want_db. Serial.
 
-    MR adjacent values per k, copied as slices of a constant length (LLVM unrolls them),
-    each flag tested outside the loops, and db summed from the packed panel (in L1) in
-    a second pass, by colsum_rows: with the flags tested inside the k loop, 30000 x 96 float32 took
-    6.1 ms to pack on Zen 5, so, 0.6 ms (1 thread, dw of 30000 x 32 -> 96).
+    rows adjacent values per k, copied as slices (pack_dt_rows), a whole panel's of the
+    constant length MR (LLVM unrolls them); each flag tested outside the loops, and db
+    summed from the packed panel (in L1) in a second pass, by colsum_rows. With the flags
+    tested inside the k loop, 30000 x 96 float32 took 6.1 ms to pack on Zen 5, so, 0.6 ms
+    (1 thread, dw of 30000 x 32 -> 96); masked, 50000 x 48: 10.8 ms with the ReLU's
+    choice a branch, 2.3 ms as a select, 5.3 ms with a variable length for whole panels.
     """
+    if rows == MR:
+        pack_dt_rows(A, Y, masked, m, MR, k0, kc, out)
+    else:
+        pack_dt_rows(A, Y, masked, m, rows, k0, kc, out)
+    if want_db:  # the packed panel is a C-order (kc, MR) matrix: db's piece is its colsum
+        packed = (out, 0, MR, 1)
+        colsum_rows(packed, packed, False, 0, kc, db[m: m + rows])
+
+
+@njit(**JIT)
+def pack_dt_rows(A, Y, masked, m, width, k0, kc, out):
+    """pack_dt_panel's copy: out[k * MR + r] = A[m + r, k0 + k] (masked), r < width."""
     buf, off, cs = A[0], A[1], A[3]
     if masked:
         for k in range(kc):
-            src = buf[off + m + (k0 + k) * cs:][:MR]
-            on = Y[0][Y[1] + m + (k0 + k) * Y[3]:][:MR]
-            dst = out[k * MR: (k + 1) * MR]
-            for r in range(MR):
+            src = buf[off + m + (k0 + k) * cs:][:width]
+            on = Y[0][Y[1] + m + (k0 + k) * Y[3]:][:width]
+            dst = out[k * MR: k * MR + width]
+            for r in range(width):
                 v = src[r]  # loaded either way, so the choice is a select, not a branch
                 dst[r] = v if on[r] > 0 else 0.0
     else:
         for k in range(kc):
-            src = buf[off + m + (k0 + k) * cs:][:MR]
-            dst = out[k * MR: (k + 1) * MR]
-            for r in range(MR):
+            src = buf[off + m + (k0 + k) * cs:][:width]
+            dst = out[k * MR: k * MR + width]
+            for r in range(width):
                 dst[r] = src[r]
-    if want_db:  # the packed panel is a C-order (kc, MR) matrix: db's piece is its colsum
-        packed = (out, 0, MR, 1)
-        colsum_rows(packed, packed, False, 0, kc, db[m: m + MR])
 
 
 @njit(**JIT)
