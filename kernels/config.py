@@ -106,6 +106,11 @@ X_ALIASED_BYTES = 4096
 MERGE_TILE = 32
 # db alone: rows of the batch per thread at least (below, the sum runs serially).
 REDUCE_ROWS = 4096
+# db of short adjacent rows (O <= COLSUM_RUN / 4) sums their values as one run, in
+# periods of COLSUM_RUN // O whole rows (engine.colsum_rows). Zen 5, 2026-12-03, float32,
+# 1 thread, db of 10000 x 10, us: 21.8 rows four at a time; COLSUM_RUN 64 17.6, 128 12.8,
+# 256 12.9-17.5, 512 12.0 (numpy 124, torch about 7).
+COLSUM_RUN = 128
 # dw on a batch of at most DW_DIRECT_ROWS rows runs as dw = x.T @ d with both read in
 # place and no per-thread partials (BLIS's "sup" idea: nothing to amortise a packing or
 # a partial over); longer batches are split over threads into float64 partials of dw.T.

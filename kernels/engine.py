@@ -22,7 +22,7 @@ the split over threads: all arrive from plan.py. Nothing here decides.
 import numpy as np
 from numba import njit, prange
 
-from .config import DOT_ACC, DOT_COLS, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
+from .config import COLSUM_RUN, DOT_ACC, DOT_COLS, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
 from .micro import dot, micro, transpose_tile
 
 
@@ -426,22 +426,39 @@ def colsum_rows(D, Y, masked, n0, n1, acc):
     """acc[j] += sum_{n0 <= n < n1} d[n, j], every term in float64; d = D, masked by Y.
 
     shapes: D and Y views of (N, O), acc (O,) float64.   numpy: acc += d[n0:n1].sum(0)
-    db without dw: rows of a C-order dy four at a time (acc loaded and stored
-    once per four rows, vectorised along j); a single contiguous column as a
-    plain sum; any other layout one value at a time. Serial.
+    db without dw: a single contiguous column as a plain sum; short adjacent rows (O at
+    most COLSUM_RUN / 4) as one contiguous run, in float64 lanes of whole rows; other rows of a C-order dy four at a time (acc loaded
+    and stored once per four rows, vectorised along j); any other layout one value at a
+    time. Serial.
     """
     buf, off, rs, cs = D
     O = acc.shape[0]
-    if masked or (cs != 1 and not (O == 1 and rs == 1)):
-        for n in range(n0, n1):
-            for j in range(O):
-                acc[j] += value(D, Y, masked, n, j)
-    elif O == 1 and rs == 1:
+    if not masked and O == 1 and rs == 1:
         v = buf[off + n0: off + n1]  # indices from 0: no wraparound check, so it vectorises
-        s = 0.0
+        s = 0.0  # (a scalar sum: its vector lanes stay in registers)
         for n in range(v.shape[0]):
             s += v[n]
         acc[0] += s
+    elif not masked and rs == O and cs == 1 and 0 < O * 4 <= COLSUM_RUN:
+        # short adjacent rows (a narrow layer's dy): one contiguous run of values, summed in
+        # periods of R whole rows into R * O float64 lanes (a loop long enough to vectorise)
+        R = COLSUM_RUN // O
+        L = R * O
+        v = buf[off + n0 * O: off + n1 * O]
+        part = np.zeros(L)
+        nb = (n1 - n0) // R * L
+        for p0 in range(0, nb, L):
+            run = v[p0: p0 + L]
+            for p in range(L):
+                part[p] += run[p]
+        for p in range(v.shape[0] - nb):  # the last rows (fewer than R), from lane 0
+            part[p] += v[nb + p]
+        for p in range(L):
+            acc[p % O] += part[p]
+    elif masked or cs != 1:
+        for n in range(n0, n1):
+            for j in range(O):
+                acc[j] += value(D, Y, masked, n, j)
     else:
         nb = n1 - (n1 - n0) % 4
         for n in range(n0, nb, 4):
