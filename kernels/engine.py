@@ -363,12 +363,6 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     M, K, N, R = dims
     MC, KC, KF = blocks
     pack, masked, bmode, relu, want_db, accumulate = flags
-    if bmode == DOT:
-        dot_block(A, B, C, bias, t * M // T, (t + 1) * M // T, K, N, relu)
-        return
-    if bmode == AXPY:
-        axpy_block(A, B, C, bias, t * M // T, (t + 1) * M // T, K, N, relu, accumulate)
-        return
     kc, nr = min(KC, max(K, 1)), lanes(bp)
     ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)
     cols = -(-N // nr) * nr if bmode == BLOCK else 0
@@ -390,6 +384,28 @@ def gemm(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     """
     for t in prange(T):
         gemm_task(np.int64(t), A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T)
+
+
+@njit(**JIT)
+def narrow_task(t, A, B, C, bias, dims, flags, T):
+    """Thread t's share of a product the plan gives to dot_block (b_mode DOT) or axpy_block
+    (AXPY): rows t*M//T to (t+1)*M//T of C. dims = (M, K, N, R) and flags as for gemm.
+    Kept apart from gemm_task, so that the copies of the dot kernel are compiled once per
+    dtype, not into every variant of the GEMM driver (a float64 C, the parallel gemm)."""
+    M, K, N, R = dims
+    bmode, relu, accumulate = flags[2], flags[3], flags[5]
+    m0, m1 = t * M // T, (t + 1) * M // T
+    if bmode == DOT:
+        dot_block(A, B, C, bias, m0, m1, K, N, relu)
+    else:
+        axpy_block(A, B, C, bias, m0, m1, K, N, relu, accumulate)
+
+
+@njit(**PJIT)
+def narrow(A, B, C, bias, dims, flags, T):
+    """narrow_task on T threads, each owning its rows of C (race-free)."""
+    for t in prange(T):
+        narrow_task(np.int64(t), A, B, C, bias, dims, flags, T)
 
 
 @njit(**JIT)

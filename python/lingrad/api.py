@@ -29,8 +29,20 @@ _launch_pid = []  # the process that last launched lingrad's parallel kernels
 
 def _gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     """engine.gemm on the calling thread: its per-thread task for t = 0 of T = 1, the very
-    code the parallel kernel runs per thread (one compiled copy for both, not two)."""
-    K.engine.gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
+    code the parallel kernel runs per thread (one compiled copy for both, not two); a
+    plan's dot or axpy product (flags[2], b_mode, DOT or AXPY) by engine.narrow_task."""
+    if flags[2] >= _NARROW:
+        K.engine.narrow_task(0, A, B, C, bias, dims, flags, 1)
+    else:
+        K.engine.gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
+
+
+def _narrow_serial(A, B, C, bias, dims, flags, T):
+    """engine.narrow on the calling thread (its share for t = 0 of 1)."""
+    K.engine.narrow_task(0, A, B, C, bias, dims, flags, 1)
+
+
+_NARROW = min(K.engine.DOT, K.engine.AXPY)
 
 
 def _pack_serial(B, Kdim, N, dst, T):
@@ -185,6 +197,8 @@ def _gemm(g, A, B, C, Y, bias=None, db=None):
         db = g.empty_db
     if T == 1:
         _gemm_serial(A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags, g.split, 1)
+    elif g.flags[2] >= _NARROW:
+        _launch(E.narrow, _narrow_serial, T, A, B, C, bias, g.dims, g.flags)
     else:
         _launch(E.gemm, _gemm_serial, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
                 g.split)

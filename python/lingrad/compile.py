@@ -53,6 +53,7 @@ WARM_SHAPES: Tuple[Tuple[int, int, int], ...] = (
     (300, 20, 600),  # parallel, a short summed axis for the forward and a long one for dx
     (600, 64, 48),   # a batch past DW_DIRECT_ROWS: dw.T in per-thread partials, in parallel
     (10000, 20, 8),  # db alone past 2 * REDUCE_ROWS rows: the parallel colsum
+    (20000, 40, 2),  # parallel dot kernel (the forward) and axpy (dx, a summed axis of 2)
 )
 
 _noticed: Set[np.dtype] = set()

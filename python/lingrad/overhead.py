@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-KERNELS = ["gemm", "gemm_task", "pack_whole_b", "pack_panels", "merge", "merge_part",
+KERNELS = ["gemm", "gemm_task", "narrow", "narrow_task", "pack_whole_b", "pack_panels", "merge", "merge_part",
            "colsum", "colsum_rows"]
 
 

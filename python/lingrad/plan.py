@@ -113,16 +113,16 @@ def explain(plan: Plan) -> str:
                      f"{K.NV} vectors")
     lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B "
              f"({plan.K} x {plan.N})", f"  blocks: {blocks} (kernels/config.py)"]
-    chain = {E.DOT: "gemm_task -> dot_block -> kernels/micro.py dot",
-             E.AXPY: "gemm_task -> axpy_block"}.get(
+    chain = {E.DOT: "narrow_task -> dot_block -> kernels/micro.py dot",
+             E.AXPY: "narrow_task -> axpy_block"}.get(
         plan.b_mode, "gemm_task -> gemm_block -> kernels/micro.py micro")
     if plan.threads == 1:
         lines.append(f"  serial: kernels/engine.py {chain}")
     else:
         axis = ("rows of C (each thread owns its rows)" if plan.split == 0 else
                 "the batch (k), each thread into its own float64 partial")
-        lines.append(f"  parallel on {plan.threads} threads over {axis}: kernels/engine.py gemm "
-                     f"(prange) -> {chain}")
+        lines.append(f"  parallel on {plan.threads} threads over {axis}: kernels/engine.py "
+                     f"{'narrow' if plan.b_mode in (E.DOT, E.AXPY) else 'gemm'} (prange) -> {chain}")
     lines.append(f"  A: {'packed MC x KC at a time into MR-row panels (engine.pack_a)' if plan.pack_a else 'read in place'}"
                  f"{', ReLU mask applied while packing' if plan.masked == E.MASK_A else ''}"
                  f"{', db summed while packing' if plan.want_db else ''}")
