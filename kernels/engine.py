@@ -89,7 +89,7 @@ def pack_dt_panel(A, Y, masked, m, rows, k0, kc, out, db, want_db):
 
     rows adjacent values per k, copied as slices (pack_dt_rows), a whole panel's of the
     constant length MR (LLVM unrolls them); each flag tested outside the loops, and db
-    summed from the packed panel (in L1) in a second pass, by colsum_rows. With the flags
+    summed from the packed panel (in L1) in a second pass, by colsum_quads. With the flags
     tested inside the k loop, 30000 x 96 float32 took 6.1 ms to pack on Zen 5, so, 0.6 ms
     (1 thread, dw of 30000 x 32 -> 96); masked, 50000 x 48: 10.8 ms with the ReLU's
     choice a branch, 2.3 ms as a select, 5.3 ms with a variable length for whole panels.
@@ -99,8 +99,7 @@ def pack_dt_panel(A, Y, masked, m, rows, k0, kc, out, db, want_db):
     else:
         pack_dt_rows(A, Y, masked, m, rows, k0, kc, out)
     if want_db:  # the packed panel is a C-order (kc, MR) matrix: db's piece is its colsum
-        packed = (out, 0, MR, 1)
-        colsum_rows(packed, packed, False, 0, kc, db[m: m + rows])
+        colsum_quads(out, 0, MR, 0, kc, db[m: m + rows])
 
 
 @njit(**JIT)
@@ -476,18 +475,27 @@ def colsum_rows(D, Y, masked, n0, n1, acc):
             for j in range(O):
                 acc[j] += value(D, Y, masked, n, j)
     else:
-        nb = n1 - (n1 - n0) % 4
-        for n in range(n0, nb, 4):
-            r0 = buf[off + n * rs: off + n * rs + O]
-            r1 = buf[off + (n + 1) * rs: off + (n + 1) * rs + O]
-            r2 = buf[off + (n + 2) * rs: off + (n + 2) * rs + O]
-            r3 = buf[off + (n + 3) * rs: off + (n + 3) * rs + O]
-            for j in range(O):
-                acc[j] += (np.float64(r0[j]) + np.float64(r1[j])) + (np.float64(r2[j]) + np.float64(r3[j]))
-        for n in range(nb, n1):
-            r = buf[off + n * rs: off + n * rs + O]
-            for j in range(O):
-                acc[j] += r[j]
+        colsum_quads(buf, off, rs, n0, n1, acc)
+
+
+@njit(**JIT)
+def colsum_quads(buf, off, rs, n0, n1, acc):
+    """acc[j] += sum_{n0 <= n < n1} buf[off + n * rs + j], j < O = acc.shape[0], in float64:
+    rows four at a time (acc loaded and stored once per four rows, vectorised along j).
+    Serial; allocates nothing (pack_dt_panel sums db with it once per panel)."""
+    O = acc.shape[0]
+    nb = n1 - (n1 - n0) % 4
+    for n in range(n0, nb, 4):
+        r0 = buf[off + n * rs: off + n * rs + O]
+        r1 = buf[off + (n + 1) * rs: off + (n + 1) * rs + O]
+        r2 = buf[off + (n + 2) * rs: off + (n + 2) * rs + O]
+        r3 = buf[off + (n + 3) * rs: off + (n + 3) * rs + O]
+        for j in range(O):
+            acc[j] += (np.float64(r0[j]) + np.float64(r1[j])) + (np.float64(r2[j]) + np.float64(r3[j]))
+    for n in range(nb, n1):
+        r = buf[off + n * rs: off + n * rs + O]
+        for j in range(O):
+            acc[j] += r[j]
 
 
 @njit(**PJIT)
