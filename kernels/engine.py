@@ -250,6 +250,20 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
 
 
 @njit(**JIT)
+def unit_rows(V, R, P):
+    """(buf, off, rs) of the view V (R x P) with a unit column stride: V itself when its
+    rows are contiguous, else a C-order copy (R * P values; the narrow paths' B)."""
+    buf, off, rs, cs = V
+    if cs == 1:
+        return buf, off, rs
+    t = np.empty(R * P, buf.dtype)
+    for r in range(R):
+        for c in range(P):
+            t[r * P + c] = buf[off + r * rs + c * cs]
+    return t, 0, P
+
+
+@njit(**JIT)
 def dot_block(A, B, C, bias, m0, m1, K, N, relu):
     """C[m0:m1] = A[m0:m1] @ B (+ bias) (then ReLU) by the dot kernel: a product with few
     columns N (see config.DOT_SHARE), each output a dot product of a row of A with a
@@ -264,13 +278,7 @@ def dot_block(A, B, C, bias, m0, m1, K, N, relu):
     instead, so no accumulator computes a row that is not there. Serial.
     numpy: C[m0:m1] = A[m0:m1] @ B (+ bias).
     """
-    bbuf, boff, brs, bcs = B
-    if brs != 1:
-        bt = np.empty(N * K, bbuf.dtype)
-        for j in range(N):
-            for k in range(K):
-                bt[j * K + k] = bbuf[boff + k * brs + j * bcs]
-        bbuf, boff, bcs = bt, 0, K
+    bbuf, boff, bcs = unit_rows((B[0], B[1], B[3], B[2]), N, K)  # B.T's rows
     abuf, aoff, ars = A[0], A[1], A[2]
     cbuf, coff, ldc = C
     fl = (bias.size > 0, relu)
@@ -322,13 +330,7 @@ def axpy_block(A, B, C, bias, m0, m1, K, N, relu, accumulate):
     the speed of a fill, where the micro-kernel would run a whole call per MR x NR tile
     for one k. Serial. numpy: C[m0:m1] (+)= A[m0:m1] @ B (+ bias).
     """
-    bbuf, boff, brs, bcs = B
-    if bcs != 1:
-        bt = np.empty(K * N, bbuf.dtype)
-        for k in range(K):
-            for j in range(N):
-                bt[k * N + j] = bbuf[boff + k * brs + j * bcs]
-        bbuf, boff, brs = bt, 0, N
+    bbuf, boff, brs = unit_rows(B, K, N)
     abuf, aoff, ars, acs = A
     cbuf, coff, ldc = C
     for m in range(m0, m1):

@@ -117,23 +117,30 @@ def test_k_loop_keeps_the_block_in_registers(dtype):
         assert len(loads) == unroll * NV, body
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_edge_tile_reads_no_lane_past_n(dtype):
-    """B read in place: its last row ends where a page the process may not read begins, so a
-    load of one lane past n would crash the test."""
+def guarded_page(dtype):
+    """A page of dtype values followed by a page the process may not read (PROT_NONE): an
+    array ending there crashes a read past its end. Returns (the page, release)."""
     mmap = pytest.importorskip("mmap")
     ctypes = pytest.importorskip("ctypes")
     page = mmap.PAGESIZE
     buf = mmap.mmap(-1, 2 * page)
     libc = ctypes.CDLL(None, use_errno=True)
     addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    if libc.mprotect(ctypes.c_void_p(addr + page), page, 0) != 0:  # PROT_NONE
+    if libc.mprotect(ctypes.c_void_p(addr + page), page, 0) != 0:
         pytest.skip("mprotect is not available")
+    whole = np.frombuffer(buf, dtype, count=page // np.dtype(dtype).itemsize)
+    return whole, lambda: libc.mprotect(ctypes.c_void_p(addr + page), page, 3)  # READ | WRITE
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_edge_tile_reads_no_lane_past_n(dtype):
+    """B read in place: its last row ends where a page the process may not read begins, so a
+    load of one lane past n would crash the test."""
+    whole, release = guarded_page(dtype)
     item = np.dtype(dtype).itemsize
     nr, kc = lanes(dtype), 5
     n = nr - 3
-    whole = np.frombuffer(buf, dtype, count=page // item)
-    b = whole[page // item - kc * n:]  # kc rows of n lanes, ending at the guard page
+    b = whole[whole.size - kc * n:]  # kc rows of n lanes, ending at the guard page
     rng = np.random.default_rng(3)
     b[:] = rng.standard_normal(kc * n)
     a = rng.standard_normal(MR * kc).astype(dtype)
@@ -142,7 +149,7 @@ def test_edge_tile_reads_no_lane_past_n(dtype):
     want = a.reshape(MR, kc).astype(np.float64) @ b.reshape(kc, n).astype(np.float64)
     np.testing.assert_allclose(c.reshape(MR, n), want, rtol=1e-4 if item == 4 else 1e-12)
     del whole, b
-    libc.mprotect(ctypes.c_void_p(addr + page), page, 3)  # PROT_READ | PROT_WRITE
+    release()
 
 
 @njit
@@ -222,24 +229,16 @@ def test_dot_relu_keeps_nan():
 def test_dot_reads_no_lane_past_kc(dtype):
     """A's and B's rows end where a page the process may not read begins, so a load of one
     lane past kc would crash the test."""
-    mmap = pytest.importorskip("mmap")
-    ctypes = pytest.importorskip("ctypes")
-    page = mmap.PAGESIZE
-    buf = mmap.mmap(-1, 2 * page)
-    libc = ctypes.CDLL(None, use_errno=True)
-    addr = ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    if libc.mprotect(ctypes.c_void_p(addr + page), page, 0) != 0:  # PROT_NONE
-        pytest.skip("mprotect is not available")
+    whole, release = guarded_page(dtype)
     item = np.dtype(dtype).itemsize
     kc = VECTOR_BYTES // item + 3
-    whole = np.frombuffer(buf, dtype, count=page // item)
-    ab = whole[page // item - 2 * kc:]  # one row of A, then one of B, ending at the guard page
+    ab = whole[whole.size - 2 * kc:]  # one row of A, then one of B, ending at the guard page
     ab[:] = np.random.default_rng(5).standard_normal(2 * kc)
     c = np.full(1, np.nan, dtype)
     dot_block(ab, ab, c, c, (0, kc, kc, kc, 0, 1, 0), (kc, 1), (False, False), 1)
     np.testing.assert_allclose(c[0], ab[:kc].astype(np.float64) @ ab[kc:], rtol=1e-5)
     del whole, ab
-    libc.mprotect(ctypes.c_void_p(addr + page), page, 3)  # PROT_READ | PROT_WRITE
+    release()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
