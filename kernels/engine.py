@@ -62,8 +62,9 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, dst, db, want_db):
     for p0 in range(0, mc, MR):
         base = (p0 // MR) * kc * MR
         rows = min(MR, mc - p0)
-        if A[2] == 1 and (not masked or Y[2] == 1):
-            pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, dst[base: base + kc * MR], db, want_db)
+        if A[2] == 1 and (not masked or Y[2] == 1):  # d.T of a C-order d (and mask)
+            pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, dst[base: base + kc * MR], db,
+                          want_db)
         elif A[2] <= A[3]:  # A's rows are the short stride (d.T): MR values per k
             for k in range(kc):
                 for r in range(rows):
@@ -87,9 +88,10 @@ def pack_dt_panel(A, Y, masked, m, rows, k0, kc, out, db, want_db):
     """out[k * MR + r] = A[m + r, k0 + k] (masked), r < rows <= MR, k < kc: pack_a's panel of
     d.T from a C-order d (A's row stride 1); db[m + r] += each value when want_db. Serial.
 
-    rows adjacent values per k, copied as slices (pack_dt_rows), a whole panel's of the
-    constant length MR (LLVM unrolls them); each flag tested outside the loops, and db
-    summed from the packed panel (in L1) in a second pass, by colsum_quads. With the flags
+    rows adjacent values per k, copied as slices (pack_dt_rows); for a whole panel the
+    length is the constant MR, so LLVM unrolls the copy. Each flag is tested outside the
+    loops; db is summed from the packed panel (in L1) in a second pass, by colsum_quads.
+    With the flags
     tested inside the k loop, 30000 x 96 float32 took 6.1 ms to pack on Zen 5, so, 0.6 ms
     (1 thread, dw of 30000 x 32 -> 96); masked, 50000 x 48: 10.8 ms with the ReLU's
     choice a branch, 2.3 ms as a select, 5.3 ms with a variable length for whole panels.

@@ -22,6 +22,9 @@ The three products, as C (M x N) = A (M x K) @ B (K x N):
     dw        dw.T   d.T    x     the batch (K)      a longer batch: d.T (with the mask; db
                                                      summed there); x read in place, or per
                                                      block when its rows are X_ALIASED_BYTES apart
+
+A product summed over at most AXPY_MAX_K values (unmasked) runs as scaled rows of B added
+into each row of C (engine.axpy_block), whatever the op.
 """
 import functools
 from collections import namedtuple
