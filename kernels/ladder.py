@@ -278,37 +278,51 @@ def at(V, r, c):
 
 # ---- rung 4: the register micro-kernel ---------------------------------------------------
 @njit(**JIT)
+def tiles(A, B, C, M, K, N, flags, bias, jr_outer):
+    """C[:M, :N] := beta * C + A @ B (+ bias) (then ReLU), one micro-kernel call per MR x NR
+    tile of C. Serial.
+
+    A = (buf, off, rs, cs, step): A[r, k] = buf[off + r * rs + k * cs], any strides; the
+        tile of rows from ir starts at off + ir * step (step = rs for A read in place,
+        kc for MR-row micro-panels: ir * kc).
+    B = (buf, off, ld, step): B[k, p] = buf[off + k * ld + p], contiguous along p; the
+        tile of columns from jr starts at off + jr * step (1 in place, kc for NR-column
+        micro-panels).
+    C = (buf, off, ldc), C order. flags = (beta, use_bias, relu), micro.micro's.
+    micro.micro holds each tile of C in MR x NV vector registers for the whole sum over
+    k and stores it once; per k it loads NV vectors of B and broadcasts MR values of A
+    (its contract: kernels/micro.py). A last tile narrower than NR (50 = 32 + 18
+    columns) is the micro-kernel's edge case: masked loads of B and masked stores of C.
+    jr_outer: the jr loop outside ir (BLIS's order, rung 6's five loops: one panel of
+    B stays in L1 while every tile of rows uses it) or inside (rungs 4-5: MR rows of A
+    stay in L1 while every panel of B passes). Both orders are one loop over tiles,
+    so the micro-kernel is inlined at one call site: with two sites in one function
+    (one for a packed B and one for B in place) LLVM spilled the accumulators of the
+    edge tiles to the stack, and rung 5 ran at 0.55x of rung 6 (docs/ladder.md).
+    """
+    c, co, ldc = C
+    nr = lanes(c)
+    ni, nj = -(-M // MR), -(-N // nr)
+    for t in range(ni * nj):
+        if jr_outer:
+            ir, jr = t % ni * MR, t // ni * nr
+        else:
+            ir, jr = t // nj * MR, t % nj * nr
+        micro(A[0], B[0], c, bias, (A[1] + ir * A[4], A[2], A[3], B[1] + jr * B[3], B[2],
+                                    co + ir * ldc + jr, ldc, jr),
+              (K, min(MR, M - ir), min(nr, N - jr)), flags, MR)
+
+
+@njit(**JIT)
 def tiles_micro(A, B, c, M, K, N, beta):
-    """c (M x N, C order) = A @ B (+ c when beta), one MR x NR tile at a time. Serial.
+    """c (M x N, C order) = A @ B (+ c when beta), both read in place by the micro-kernel. Serial.
 
     A (M x K): any strides. B (K x N): rows contiguous (unit column stride).
-    micro.micro holds the tile of C in MR x NV vector registers for the whole
-    sum over k and stores it once; per k it loads NV vectors of B and
-    broadcasts MR values of A (its contract: kernels/micro.py). It reads whole
-    NR-wide vectors of B, so the last, partial panel of B's columns is copied
-    into a zero-padded K x NR buffer (a vector past B's last row would leave
-    its memory); every other panel is read where it lies.
     Loops: ir (MR rows of A, which stay in L1) outside, jr (a panel of NR
     columns of B) inside, as rung 3's m outside and j inside.
     """
-    b = B[0]
-    nr = lanes(c)
-    full = N - N % nr
-    edge = np.zeros(K * nr, b.dtype)
-    for k in range(K):
-        for p in range(full, N):
-            edge[k * nr + p - full] = at(B, k, p)
-    none = np.empty(0, c.dtype)
-    for ir in range(0, M, MR):
-        aoffs = (A[1] + ir * A[2], A[2], A[3])
-        for jr in range(0, N, nr):
-            coffs = (ir * N + jr, N, 0)
-            dims = (K, min(MR, M - ir), min(nr, N - jr))
-            if jr < full:
-                micro(A[0], b, c, none, aoffs + (B[1] + jr * B[3], B[2]) + coffs, dims,
-                      (beta, False, False), MR)
-            else:
-                micro(A[0], edge, c, none, aoffs + (0, nr) + coffs, dims, (beta, False, False), MR)
+    tiles(A + (A[2],), (B[0], B[1], B[2], 1), (c, 0, N), M, K, N, (beta, False, False),
+          np.empty(0, c.dtype), False)
 
 
 @njit(**JIT)
@@ -413,38 +427,25 @@ def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
 
 
 @njit(**JIT)
-def tiles_packed(A, B, c, M, K, N, packed_a, b_in_place, beta):
+def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta):
     """c (M x N, C order) = A @ B (+ c when beta) as tiles_micro, from micro-panels. Serial.
 
-    B is packed into NR-column micro-panels (zero-padded: no edge case is left
-    for the micro-kernel), so each micro-kernel call streams one contiguous
-    panel instead of NV vectors from each of K rows far apart; with
-    b_in_place only its last, partial panel is (a B too large to copy). With
-    packed_a, A is packed into MR-row micro-panels too.
+    With packed_b, B is packed into NR-column micro-panels, so each micro-kernel
+    call streams one contiguous panel instead of NV vectors from each of K rows
+    far apart; with packed_a, A is packed into MR-row micro-panels. An operand
+    not packed is read in place (B: with contiguous rows).
     """
     nr = lanes(c)
-    p0 = N - N % nr if b_in_place else 0  # B's columns from p0 on are packed
-    bp = np.empty(-(-(N - p0) // nr) * nr * K, B[0].dtype)
-    pack_b(B, 0, K, p0, N - p0, bp)
     none = np.empty(0, c.dtype)
     ap = np.empty(-(-M // MR) * MR * K if packed_a else 0, A[0].dtype)
+    bp = np.empty(-(-N // nr) * nr * K if packed_b else 0, B[0].dtype)
     if packed_a:
         pack_a(A, 0, M, 0, K, ap, A, False, none)
-    abuf = ap if packed_a else A[0]
-    for ir in range(0, M, MR):
-        if packed_a:
-            aoffs = (ir * K, 1, MR)
-        else:
-            aoffs = (A[1] + ir * A[2], A[2], A[3])
-        for jr in range(0, N, nr):
-            coffs = (ir * N + jr, N, 0)
-            dims = (K, min(MR, M - ir), min(nr, N - jr))
-            if jr < p0:
-                micro(abuf, B[0], c, none, aoffs + (B[1] + jr, B[2]) + coffs, dims,
-                      (beta, False, False), MR)
-            else:
-                micro(abuf, bp, c, none, aoffs + ((jr - p0) * K, nr) + coffs, dims,
-                      (beta, False, False), MR)
+    if packed_b:
+        pack_b(B, 0, K, 0, N, bp)
+    At = (ap, 0, 1, MR, K) if packed_a else A + (A[2],)
+    Bt = (bp, 0, nr, K) if packed_b else (B[0], B[1], B[2], 1)
+    tiles(At, Bt, (c, 0, N), M, K, N, (beta, False, False), none, False)
 
 
 @njit(**JIT)
@@ -456,7 +457,7 @@ def y_packed(x, w, y):
     copy all of x to gain nothing. Serial.
     """
     N, I = x.shape
-    tiles_packed(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False, False, False)
+    tiles_packed(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False, True, False)
 
 
 @njit(**JIT)
@@ -468,7 +469,7 @@ def dx_packed(dy, w, dx):
     becomes the packing itself. Serial.
     """
     N, O = dy.shape
-    tiles_packed(rows_of(dy), cols_of(w), dx.reshape(dx.size), N, O, w.shape[0], False, False,
+    tiles_packed(rows_of(dy), cols_of(w), dx.reshape(dx.size), N, O, w.shape[0], False, True,
                  False)
 
 
@@ -477,8 +478,7 @@ def dw_packed(x, dy, dw, kc):
     """Rung 5. dw = (dy.T @ x).T as rung 4, each kc-row step of dy.T packed into micro-panels.
 
     shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
-    x stays in place (copying it would cost a pass over all of x); only its
-    last partial panel is packed. Serial.
+    x stays in place (copying it would cost a pass over all of x). Serial.
     """
     N, I = x.shape
     O = dy.shape[1]
@@ -487,7 +487,7 @@ def dw_packed(x, dy, dw, kc):
     for n in range(0, max(N, 1), kc):
         k = min(kc, N - n)
         tiles_packed((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I,
-                     True, True, n > 0)
+                     True, False, n > 0)
     dw[:] = dwt.T
 
 
@@ -503,8 +503,8 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
       jr: one NR-wide micro-panel of B (in L1 while the ir loop reuses it)
       ir: one MR-row micro-panel of A: one micro-kernel call, kc steps
     The first kc slice overwrites C, later ones add to it (the micro-kernel's beta).
-    b_in_place: B's whole panels are read where they lie (a B too large to
-    copy, with contiguous rows: x for dw), only its last partial panel packed.
+    b_in_place: B is read where it lies (a B too large to copy, with contiguous
+    rows: x for dw), not packed.
     Rung 8's fusions, off in rungs 6-7 (bias empty, relu and masked False, db
     empty): bias and ReLU applied by the micro-kernel after the last slice,
     in registers; the mask and db applied in pack_a.
@@ -513,32 +513,21 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
     nr = lanes(c)
     kmax = min(kc, max(K, 1))
     ap = np.empty(-(-min(mc, M) // MR) * MR * kmax if packed_a else 0, A[0].dtype)
-    p0 = N - N % nr if b_in_place else 0  # B's columns from p0 on are packed
-    bp = np.empty(-(-(N - p0) // nr) * nr * kmax, A[0].dtype)
-    abuf = ap if packed_a else A[0]  # chosen once: an array assigned inside the loops costs
-    for pc in range(0, max(K, 1), kc):  # reference counting per call. An empty sum (K = 0)
-        kk = min(kc, K - pc)              # still writes C = 0 (+ bias).
+    bp = np.empty(0 if b_in_place else -(-N // nr) * nr * kmax, A[0].dtype)
+    for pc in range(0, max(K, 1), kc):  # an empty sum (K = 0) still writes C = 0 (+ bias)
+        kk = min(kc, K - pc)
         last = pc + kc >= K
-        pack_b(B, pc, kk, p0, N - p0, bp)
+        if not b_in_place:
+            pack_b(B, pc, kk, 0, N, bp)
+        Bt = (B[0], B[1] + pc * B[2], B[2], 1) if b_in_place else (bp, 0, nr, kk)
+        flags = (pc > 0, last and bias.size > 0, relu and last)
         for ic in range(0, M, mc):
             mm = min(mc, M - ic)
             if packed_a:
                 pack_a(A, ic, mm, pc, kk, ap, Y, masked, db)
-            for jr in range(0, N, nr):
-                for ir in range(0, mm, MR):
-                    if packed_a:
-                        aoffs = (ir * kk, 1, MR)
-                    else:
-                        aoffs = (A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3])
-                    coffs = (co + (ic + ir) * ldc + jr, ldc, jr)
-                    dims = (kk, min(MR, mm - ir), min(nr, N - jr))
-                    flags = (pc > 0, last and bias.size > 0, relu and last)
-                    if jr < p0:  # a whole panel of B, read where it lies
-                        micro(abuf, B[0], c, bias, aoffs + (B[1] + pc * B[2] + jr, B[2]) + coffs,
-                              dims, flags, MR)
-                    else:        # a packed panel
-                        micro(abuf, bp, c, bias, aoffs + ((jr - p0) * kk, nr) + coffs, dims, flags,
-                              MR)
+            At = (ap, 0, 1, MR, kk) if packed_a else (A[0], A[1] + ic * A[2] + pc * A[3], A[2],
+                                                      A[3], A[2])
+            tiles(At, Bt, (c, co + ic * ldc, ldc), mm, kk, N, flags, bias, True)
 
 
 @njit(**JIT)
@@ -576,8 +565,7 @@ def dwt_blocked(x, dy, n0, n1, c, mc, kc, db):
     when db is not empty (rung 8). Serial.
 
     A = dy.T packed per mc x kc block (kc rows of the batch), B = x read in
-    place (its kc x I block stays in L2 while all of A's panels use it), its
-    last partial panel packed.
+    place (its kc x I block stays in L2 while all of A's panels use it).
     """
     I = x.shape[1]
     O = dy.shape[1]

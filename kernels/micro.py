@@ -65,6 +65,19 @@ def _splat(builder, scalar, vt):
     return builder.shuffle_vector(one, one, ir.Constant(ir.VectorType(I32, vt.count), [0] * vt.count))
 
 
+def _lane_mask(builder, count, vl):
+    """<vl x i1> with lane p set for p < count (count clamped to [0, vl]), from the scalar
+    bits (1 << count) - 1: AVX-512 moves them into a mask register (kmov). The compare of a
+    <vl x i64> lane index with a splat of count that this replaces takes four zmm registers
+    for a float32 mask, and LLVM recomputed it inside the k loop, spilling accumulators to
+    the stack (docs/performance.md, "Edge tiles")."""
+    lt = builder.icmp_signed
+    c = builder.select(lt("<", count, I64(0)), I64(0),
+                       builder.select(lt(">", count, I64(vl)), I64(vl), count))
+    bits = builder.sub(builder.shl(I64(1), c), I64(1))
+    return builder.bitcast(builder.trunc(bits, ir.IntType(vl)), ir.VectorType(ir.IntType(1), vl))
+
+
 def _scalars(context, builder, tup, tupty, to):
     """The members of a tuple of scalars, each cast to the Numba type ``to``."""
     return [context.cast(builder, builder.extract_value(tup, i), tupty[i], to)
@@ -103,9 +116,7 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
             for r in range(MR)]
 
         # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
-        lane = ir.Constant(ir.VectorType(I64, vl), list(range(vl)))
-        masks = [builder.icmp_signed("<", lane, _splat(builder, builder.sub(n, I64(v * vl)),
-                                                      ir.VectorType(I64, vl))) for v in range(NV)]
+        masks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), vl) for v in range(NV)]
         bload = f"llvm.masked.load.{_suffix(vt)}.p0"
         full = builder.icmp_signed("==", n, I64(NV * vl))
 
@@ -293,7 +304,6 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
             for r in range(R)]
         brow = [builder.gep(pb, [builder.add(ib, builder.mul(I64(j), rsb))])
                 for j in range(J)]
-        lane = ir.Constant(ir.VectorType(I64, vl), list(range(vl)))
         nextrows = builder.add(ia, builder.mul(I64(R), rsa))
 
         entry = builder.block
@@ -303,7 +313,7 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
         builder.position_at_end(loop)
         k = builder.phi(I64)
         acc = [[builder.phi(vt) for _ in range(J)] for _ in range(R)]
-        mask = builder.icmp_signed("<", lane, _splat(builder, builder.sub(kc, k), ir.VectorType(I64, vl)))
+        mask = _lane_mask(builder, builder.sub(kc, k), vl)
 
         def vload(row):
             ptr = builder.bitcast(builder.gep(row, [k]), vt.as_pointer())
