@@ -295,10 +295,7 @@ def tiles(A, B, C, M, K, N, flags, bias, jr_outer):
     columns) is the micro-kernel's edge case: masked loads of B and masked stores of C.
     jr_outer: the jr loop outside ir (BLIS's order, rung 6's five loops: one panel of
     B stays in L1 while every tile of rows uses it) or inside (rungs 4-5: MR rows of A
-    stay in L1 while every panel of B passes). Both orders are one loop over tiles,
-    so the micro-kernel is inlined at one call site: with two sites in one function
-    (one for a packed B and one for B in place) LLVM spilled the accumulators of the
-    edge tiles to the stack, and rung 5 ran at 0.55x of rung 6 (docs/ladder.md).
+    stay in L1 while every panel of B passes), both as one loop over the tiles.
     """
     c, co, ldc = C
     nr = lanes(c)

@@ -26,7 +26,11 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 - ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
 - Each k prefetches B's row k + PREFETCH (a hint, never a fault): B read in
   place has rows far apart, which the hardware prefetchers do not follow.
-- Serial; no state. Numba compiles one copy per (A, B, C dtype) triple.
+- Serial; no state. One function per (A, B, C dtype, rows), out of line
+  (``_outlined``: linkonce_odr, noinline), so every call site runs the same
+  machine code whatever the constants of its caller: inlined, LLVM propagated
+  a caller's constants into the k loop, unrolled it at some sites and spilled
+  accumulators there (ladder rung 4 at 0.65x of rung 6 on the same tiles).
 
 Why an intrinsic: Numba has no vector types, and a block of the output kept
 in scalar or array accumulators is streamed through memory by LLVM (loads and
@@ -78,6 +82,27 @@ def _lane_mask(builder, count, vl):
     return builder.bitcast(builder.trunc(bits, ir.IntType(vl)), ir.VectorType(ir.IntType(1), vl))
 
 
+def _outlined(builder, name, body, args):
+    """Call body(builder, *args)'s code as a function of its own: defined once per LLVM
+    module under name (linkonce_odr: the modules Numba links together keep one copy;
+    noinline), then called. Inlined instead, every call site of a kernel got its own copy
+    of the k loop, which LLVM optimised again (compile time) and specialised on the
+    caller's constants: unrolled at some sites, with accumulators spilled to the stack
+    (docs/performance.md, "The out-of-line micro-kernel"). linkonce_odr, unlike internal,
+    also keeps LLVM from propagating a caller's constants into the function. A call costs
+    a few cycles per tile, against kc iterations of MR * NV FMAs inside."""
+    fn = builder.module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(builder.module, ir.FunctionType(ir.VoidType(), [v.type for v in args]),
+                         name=name)
+        fn.linkage = "linkonce_odr"
+        fn.attributes.add("noinline")
+        inner = ir.IRBuilder(fn.append_basic_block("entry"))
+        body(inner, *fn.args)
+        inner.ret_void()
+    builder.call(fn, args)
+
+
 def _scalars(context, builder, tup, tupty, to):
     """The members of a tuple of scalars, each cast to the Numba type ``to``."""
     return [context.cast(builder, builder.extract_value(tup, i), tupty[i], to)
@@ -110,99 +135,105 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
         cload, cstore = f"llvm.masked.load.{_suffix(cvt)}.p0", f"llvm.masked.store.{_suffix(cvt)}.p0"
         zero, czero = ir.Constant(vt, [0.0] * vl), ir.Constant(cvt, [0.0] * vl)
 
-        # loop-invariant: the address of each row of A (rows past m read row 0)
-        arow = [builder.gep(pa, [builder.add(ia, builder.mul(
-            builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
-            for r in range(MR)]
+        def body(builder, pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n,
+                 beta, use_bias, relu):
+            # loop-invariant: the address of each row of A (rows past m read row 0)
+            arow = [builder.gep(pa, [builder.add(ia, builder.mul(
+                builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
+                for r in range(MR)]
 
-        # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
-        masks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), vl) for v in range(NV)]
-        bload = f"llvm.masked.load.{_suffix(vt)}.p0"
-        full = builder.icmp_signed("==", n, I64(NV * vl))
+            # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
+            masks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), vl) for v in range(NV)]
+            bload = f"llvm.masked.load.{_suffix(vt)}.p0"
+            full = builder.icmp_signed("==", n, I64(NV * vl))
 
-        # the k loop, once with plain loads of B (full tiles) and once with masked ones (an
-        # edge): the accumulators are phi nodes, so they live in registers
-        entry = builder.block
-        start = builder.append_basic_block("micro.start")
-        loops = [builder.append_basic_block(name) for name in ("micro.k", "micro.k.edge")]
-        done = builder.append_basic_block("micro.done")
-        builder.cbranch(builder.icmp_signed(">", kc, I64(0)), start, done)
-        builder.position_at_end(start)
-        builder.cbranch(full, loops[0], loops[1])
-        results = []
-        for loop, edge in zip(loops, (False, True)):
-            builder.position_at_end(loop)
-            k = builder.phi(I64)
-            acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
-            brow = builder.add(ib, builder.mul(k, ldb))
-            bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]), vt.as_pointer())
-                    for v in range(NV)]
-            bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
-                  builder.load(bptr[v], align=align) for v in range(NV)]
-            ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
-            for v in range(NV):
-                _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
-                    builder.bitcast(builder.gep(pb, [builder.add(ahead, I64(v * vl))]),
-                                    ir.IntType(8).as_pointer()), I32(0), I32(3), I32(1)])
-            kcol = builder.mul(k, csa)
-            new = []
-            for r in range(MR):
-                s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
-                new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
-            k1 = builder.add(k, I64(1))
-            k.add_incoming(I64(0), start)
-            k.add_incoming(k1, loop)
+            # the k loop, once with plain loads of B (full tiles) and once with masked ones (an
+            # edge): the accumulators are phi nodes, so they live in registers
+            entry = builder.block
+            start = builder.append_basic_block("micro.start")
+            loops = [builder.append_basic_block(name) for name in ("micro.k", "micro.k.edge")]
+            done = builder.append_basic_block("micro.done")
+            builder.cbranch(builder.icmp_signed(">", kc, I64(0)), start, done)
+            builder.position_at_end(start)
+            builder.cbranch(full, loops[0], loops[1])
+            results = []
+            for loop, edge in zip(loops, (False, True)):
+                builder.position_at_end(loop)
+                k = builder.phi(I64)
+                acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+                brow = builder.add(ib, builder.mul(k, ldb))
+                bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]), vt.as_pointer())
+                        for v in range(NV)]
+                bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
+                      builder.load(bptr[v], align=align) for v in range(NV)]
+                ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
+                for v in range(NV):
+                    _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
+                        builder.bitcast(builder.gep(pb, [builder.add(ahead, I64(v * vl))]),
+                                        ir.IntType(8).as_pointer()), I32(0), I32(3), I32(1)])
+                kcol = builder.mul(k, csa)
+                new = []
+                for r in range(MR):
+                    s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
+                    new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
+                k1 = builder.add(k, I64(1))
+                k.add_incoming(I64(0), start)
+                k.add_incoming(k1, loop)
+                for r in range(MR):
+                    for v in range(NV):
+                        acc[r][v].add_incoming(zero, start)
+                        acc[r][v].add_incoming(new[r][v], loop)
+                builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+                results.append((new, loop))
+
+            builder.position_at_end(done)
+            out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
             for r in range(MR):
                 for v in range(NV):
-                    acc[r][v].add_incoming(zero, start)
-                    acc[r][v].add_incoming(new[r][v], loop)
-            builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
-            results.append((new, loop))
+                    out[r][v].add_incoming(zero, entry)
+                    for new, loop in results:
+                        out[r][v].add_incoming(new[r][v], loop)
+            if celt != elt:  # float32 sums into a float64 C
+                out = [[builder.fpext(p, cvt) for p in row] for row in out]
 
-        builder.position_at_end(done)
-        out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
-        for r in range(MR):
-            for v in range(NV):
-                out[r][v].add_incoming(zero, entry)
-                for new, loop in results:
-                    out[r][v].add_incoming(new[r][v], loop)
-        if celt != elt:  # float32 sums into a float64 C
-            out = [[builder.fpext(p, cvt) for p in row] for row in out]
+            # the epilogue: the bias, beta, ReLU, the store
+            bias_on = _splat(builder, use_bias, mt)
+            bvals = [_call(builder, cload, cvt, [
+                builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]), cvt.as_pointer()),
+                I32(calign), builder.and_(masks[v], bias_on), czero]) for v in range(NV)]
 
-        # the epilogue: the bias, beta, ReLU, the store
-        bias_on = _splat(builder, use_bias, mt)
-        bvals = [_call(builder, cload, cvt, [
-            builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]), cvt.as_pointer()),
-            I32(calign), builder.and_(masks[v], bias_on), czero]) for v in range(NV)]
+            def store(add_old, full):
+                """Rows r < m of C: plain vector loads and stores for a full-width tile
+                (masked ones are microcoded on some CPUs), masked ones at an edge."""
+                for r in range(MR):
+                    with builder.if_then(builder.icmp_signed("<", I64(r), m)):
+                        base = builder.add(ic, builder.mul(I64(r), ldc))
+                        for v in range(NV):
+                            ptr = builder.bitcast(builder.gep(pc, [builder.add(base, I64(v * vl))]),
+                                                  cvt.as_pointer())
+                            val = builder.fadd(out[r][v], bvals[v])
+                            if add_old:
+                                old = (builder.load(ptr, align=calign) if full else
+                                       _call(builder, cload, cvt, [ptr, I32(calign), masks[v], czero]))
+                                val = builder.fadd(val, old)
+                            keep = builder.fcmp_unordered(">", val, czero)
+                            val = builder.select(relu, builder.select(keep, val, czero), val)
+                            if full:
+                                builder.store(val, ptr, align=calign)
+                            else:
+                                _call(builder, cstore, ir.VoidType(), [val, ptr, I32(calign), masks[v]])
 
-        def store(add_old, full):
-            """Rows r < m of C: plain vector loads and stores for a full-width tile
-            (masked ones are microcoded on some CPUs), masked ones at an edge."""
-            for r in range(MR):
-                with builder.if_then(builder.icmp_signed("<", I64(r), m)):
-                    base = builder.add(ic, builder.mul(I64(r), ldc))
-                    for v in range(NV):
-                        ptr = builder.bitcast(builder.gep(pc, [builder.add(base, I64(v * vl))]),
-                                              cvt.as_pointer())
-                        val = builder.fadd(out[r][v], bvals[v])
-                        if add_old:
-                            old = (builder.load(ptr, align=calign) if full else
-                                   _call(builder, cload, cvt, [ptr, I32(calign), masks[v], czero]))
-                            val = builder.fadd(val, old)
-                        keep = builder.fcmp_unordered(">", val, czero)
-                        val = builder.select(relu, builder.select(keep, val, czero), val)
-                        if full:
-                            builder.store(val, ptr, align=calign)
-                        else:
-                            _call(builder, cstore, ir.VoidType(), [val, ptr, I32(calign), masks[v]])
+            for add_old in (True, False):
+                with builder.if_then(beta if add_old else builder.not_(beta)):
+                    with builder.if_else(full) as (then, otherwise):
+                        with then:
+                            store(add_old, True)
+                        with otherwise:
+                            store(add_old, False)
 
-        for add_old in (True, False):
-            with builder.if_then(beta if add_old else builder.not_(beta)):
-                with builder.if_else(full) as (then, otherwise):
-                    with then:
-                        store(add_old, True)
-                    with otherwise:
-                        store(add_old, False)
+        _outlined(builder, f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{MR}", body,
+                  [pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n, beta,
+                   use_bias, relu])
         return context.get_dummy_value()
 
     return types.void(a, b, c, bias, offs, dims, flags, rows), codegen
