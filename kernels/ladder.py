@@ -390,37 +390,53 @@ def pack_b(B, k0, kc, n0, nc, dst):
 
 @njit(**JIT)
 def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
-    """dst[(r // MR) * kc * MR + k * MR + r % MR] = A[m0 + r, k0 + k] for r < mc, k < kc. Serial.
+    """The block A[m0:m0 + mc, k0:k0 + kc] copied into dst, in one of two layouts. Serial.
 
-    MR-row micro-panels, k-major: the micro-kernel reads one as a view with row
-    stride 1 and column stride MR, MR adjacent values per k. Rows past mc in
-    the last panel are not written (the micro-kernel never stores them).
-    Rung 8's fusions, off in rungs 5-7 (masked False, db empty): with masked,
-    a value is packed as 0 where Y <= 0 (d = where(y > 0, dy, 0), never
-    stored as an array); with db (M,), db[m0 + r] += every value packed.
-    The loops run along A's contiguous axis: k inside for rows contiguous
-    along k (dy for dx), r inside otherwise (dy.T for dw).
+    A must be contiguous along k or along r. Along k (dy for dx): row-major,
+    dst[r * kc + k], each row a contiguous copy (a loop that vectorises). Along r
+    (dy.T for dw): MR-row micro-panels, k-major, dst[(r // MR) * kc * MR + k * MR + r % MR],
+    MR adjacent values per k, r inside. panel_strides gives the micro-kernel's view
+    of either. Rows past mc in the last panel are not written (the micro-kernel never
+    stores them). Rung 8's fusions, off in rungs 5-7 (masked False, db empty): with
+    masked, a value is packed as 0 where Y <= 0 (d = where(y > 0, dy, 0), never
+    stored as an array; Y has A's strides: the callers pass A itself when not
+    masked); with db (M,), db[m0 + r] += every value packed.
     """
-    for p0 in range(0, mc, MR):
-        rows = min(MR, mc - p0)
-        if A[3] == 1:
-            for r in range(rows):
-                for k in range(kc):
-                    v = at(A, m0 + p0 + r, k0 + k)
-                    if masked and not at(Y, m0 + p0 + r, k0 + k) > 0:
-                        v = 0.0
-                    dst[p0 * kc + k * MR + r] = v
-                    if db.size > 0:
-                        db[m0 + p0 + r] += v
-        else:
+    a, y = A[0], Y[0]
+    zero = a.dtype.type(0)
+    sums = db.size > 0
+    if A[3] == 1:
+        for r in range(mc):  # one contiguous row of kc values, copied as a run
+            src = A[1] + (m0 + r) * A[2] + k0
+            ysrc = src - A[1] + Y[1]
+            arow, yrow, out = a[src:src + kc], y[ysrc:ysrc + kc], dst[r * kc:(r + 1) * kc]
+            s = zero
             for k in range(kc):
-                for r in range(rows):
-                    v = at(A, m0 + p0 + r, k0 + k)
-                    if masked and not at(Y, m0 + p0 + r, k0 + k) > 0:
-                        v = 0.0
-                    dst[p0 * kc + k * MR + r] = v
-                    if db.size > 0:
-                        db[m0 + p0 + r] += v
+                v = arow[k] if yrow[k] > 0 or not masked else zero
+                out[k] = v
+                s += v
+            if sums:
+                db[m0 + r] += s
+        return
+    for p0 in range(0, mc, MR):  # k outer, r inside: along A's contiguous axis
+        rows = min(MR, mc - p0)
+        panel, dbs = dst[p0 * kc:(p0 + MR) * kc], db[m0 + p0:m0 + p0 + rows]
+        for k in range(kc):
+            src = A[1] + (m0 + p0) * A[2] + (k0 + k) * A[3]
+            ysrc = src - A[1] + Y[1]
+            acol, ycol = a[src:src + rows], y[ysrc:ysrc + rows]
+            for r in range(rows):
+                v = acol[r] if ycol[r] > 0 or not masked else zero
+                panel[k * MR + r] = v
+                if sums:
+                    dbs[r] += v
+
+
+@njit(**JIT)
+def panel_strides(A, kc):
+    """(row stride, column stride) of pack_a's block of A as the micro-kernel reads it;
+    the tile of rows from ir starts at ir * kc in both layouts."""
+    return (kc, 1) if A[3] == 1 else (1, MR)
 
 
 @njit(**JIT)
@@ -440,7 +456,7 @@ def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta):
         pack_a(A, 0, M, 0, K, ap, A, False, none)
     if packed_b:
         pack_b(B, 0, K, 0, N, bp)
-    At = (ap, 0, 1, MR, K) if packed_a else A + (A[2],)
+    At = (ap, 0) + panel_strides(A, K) + (K,) if packed_a else A + (A[2],)
     Bt = (bp, 0, nr, K) if packed_b else (B[0], B[1], B[2], 1)
     tiles(At, Bt, (c, 0, N), M, K, N, (beta, False, False), none, False)
 
@@ -522,8 +538,8 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
             mm = min(mc, M - ic)
             if packed_a:
                 pack_a(A, ic, mm, pc, kk, ap, Y, masked, db)
-            At = (ap, 0, 1, MR, kk) if packed_a else (A[0], A[1] + ic * A[2] + pc * A[3], A[2],
-                                                      A[3], A[2])
+            At = ((ap, 0) + panel_strides(A, kk) + (kk,) if packed_a else
+                  (A[0], A[1] + ic * A[2] + pc * A[3], A[2], A[3], A[2]))
             tiles(At, Bt, (c, co + ic * ldc, ldc), mm, kk, N, flags, bias, True)
 
 
