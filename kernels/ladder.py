@@ -420,16 +420,21 @@ def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
         return
     for p0 in range(0, mc, MR):  # k outer, r inside: along A's contiguous axis
         rows = min(MR, mc - p0)
-        panel, dbs = dst[p0 * kc:(p0 + MR) * kc], db[m0 + p0:m0 + p0 + rows]
+        panel = dst[p0 * kc:(p0 + MR) * kc]
         for k in range(kc):
             src = A[1] + (m0 + p0) * A[2] + (k0 + k) * A[3]
             ysrc = src - A[1] + Y[1]
             acol, ycol = a[src:src + rows], y[ysrc:ysrc + rows]
             for r in range(rows):
-                v = acol[r] if ycol[r] > 0 or not masked else zero
-                panel[k * MR + r] = v
-                if sums:
-                    dbs[r] += v
+                panel[k * MR + r] = acol[r] if ycol[r] > 0 or not masked else zero
+    if sums:  # db from the block while it is in L1: a contiguous run of mc values per k
+        dbs = db[m0:m0 + mc]
+        for k in range(kc):
+            src = A[1] + m0 * A[2] + (k0 + k) * A[3]
+            ysrc = src - A[1] + Y[1]
+            acol, ycol = a[src:src + mc], y[ysrc:ysrc + mc]
+            for r in range(mc):
+                dbs[r] += acol[r] if ycol[r] > 0 or not masked else zero
 
 
 @njit(**JIT)

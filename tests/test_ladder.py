@@ -171,7 +171,8 @@ def test_cli_checks_every_rung_and_prints_the_table(capsys):
     """python -m lingrad ladder on a small batch: every rung passes its numpy check, all rows printed."""
     from lingrad import ladder
 
-    assert ladder.main(["--n", "150", "--i", "21", "--o", "9", "--repeats", "1", "--naive-n", "40"]) == 0
+    assert ladder.main(["--n", "150", "--i", "21", "--o", "9", "--repeats", "1", "--naive-n", "40",
+                        "--no-showcase"]) == 0
     out = capsys.readouterr().out
     assert "every result checked against numpy float64: ok" in out
     for op in ["dw", "y", "dx"]:
@@ -182,3 +183,21 @@ def test_cli_checks_every_rung_and_prints_the_table(capsys):
         assert name in out, name
     assert out.count("the speed of lingrad.") == 3
     assert "timed on the first 40 rows" in out
+
+
+def test_showcase_checks_and_times_each_step_on_its_own_shape(capsys):
+    """The ladder's steps that tie on the lesson's shape, timed on shapes of their own: both
+    rungs of each step pass their numpy check there, and one line per step is printed."""
+    from lingrad import ladder
+
+    assert set(ladder.SHOWCASE) == {"dw", "forward", "dx"}
+    labels = ["1", "2", "3", "4", "5", "6", "7", "7+", "8"]
+    for steps in ladder.SHOWCASE.values():
+        for before, after, shape, why in steps:
+            assert labels.index(before) < labels.index(after) and len(shape) == 3 and why
+    steps = (("4", "5", (70, 33, 45), "small"), ("7+", "8", (50, 9, 40), "small"))
+    for product in ladder.SHOWCASE:
+        assert ladder.showcase(product, steps, np.float32, 2, 1)
+    out = capsys.readouterr().out
+    assert out.count("rung 4 -> 5 on 70x33->45: ") == 3 and out.count("rung 7+ -> 8 on 50x9->40: ") == 3
+    assert "MISMATCH" not in out

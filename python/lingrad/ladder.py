@@ -10,7 +10,9 @@ compilation excluded), followed by lingrad's production call and numpy (BLAS
 pinned to the same thread count). Rungs 1-6 are serial kernels (1 thread);
 rungs 7-8, lingrad and numpy use T. Rung 1 is slow: it is timed on the first
 --naive-n rows and its full-size time is extrapolated (marked *). The last
-line of each table compares rung 8 with lingrad's production call. Why each
+line of each table compares rung 8 with lingrad's production call. Steps that
+tie on the lesson's shape (the technique has nothing to fix there) are then
+timed on a shape where they pay (SHOWCASE; --no-showcase skips them). Why each
 rung is faster: docs/ladder.md.
 """
 import argparse
@@ -25,6 +27,20 @@ from lingrad import kernels as K
 from lingrad.kernels import ladder as L
 
 from .timing import blas_threads, interleaved_min
+
+# Steps that tie on the lesson's shape, where the technique has nothing to fix, and a shape
+# where each pays: (rung before, rung, (N, I, O), why). The ladder times each of them there
+# too, in the same run. Chosen on Zen 5 (AVX-512, 48 KB L1d, 1 MB L2 per core), float32,
+# 2026-12-04; docs/ladder.md has the measurements and the steps that tie on every shape
+# tried (the forward's and dw's blocking, dw's packing).
+SHOWCASE = {
+    "dw": (("7+", "8", (50000, 16, 256), "fusion: dy (51 MB) read once for dw and db"),),
+    "forward": (("4", "5", (5000, 784, 1024), "packing: rows of w 4 KiB apart"),
+                ("7+", "8", (50000, 16, 256), "fusion: y (51 MB) against 0.4 GFLOP")),
+    "dx": (("4", "5", (5000, 4096, 784), "packing: rows of w.T 16 KiB apart"),
+           ("5", "6", (1000, 784, 16384), "blocking: a panel of w.T is 16384 x NR, past L2"),
+           ("7+", "8", (50000, 16, 256), "fusion: the masked copy of dy (51 MB) never made")),
+}
 
 class Rung:
     """One row of the table: a zero-argument callable, the work it does, how to check it."""
@@ -193,6 +209,48 @@ def input_grad_rungs(dy: np.ndarray, w: np.ndarray, y: np.ndarray, n_naive: int,
     ]
 
 
+def layer_data(N: int, I: int, O: int, dtype: npt.DTypeLike,
+               seed: int = 0) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """x (N, I), w (I, O), b (O,), dy (N, O) and the forward's ReLU output y (rung 8 of dx
+    masks dy by y > 0), random, of dtype."""
+    r = np.random.default_rng(seed)
+    x = r.standard_normal((N, I)).astype(dtype)
+    w = (r.standard_normal((I, O)) * np.sqrt(2 / I)).astype(dtype)
+    b = r.standard_normal(O).astype(dtype)
+    dy = r.standard_normal((N, O)).astype(dtype)
+    return x, w, b, dy, np.maximum(x @ w + b, 0)
+
+
+def product_rungs(product: str, data: Tuple[np.ndarray, ...], n_naive: int, T: int) -> List[Rung]:
+    """The rows of one product's table ("dw", "forward" or "dx") on data = layer_data(...)."""
+    x, w, b, dy, y = data
+    if product == "dw":
+        return weight_grad_rungs(x, dy, w, n_naive, T)
+    if product == "forward":
+        return forward_rungs(x, w, b, n_naive, T)
+    return input_grad_rungs(dy, w, y, n_naive, T)
+
+
+def showcase(product: str, steps: Sequence[Tuple[str, str, Tuple[int, int, int], str]],
+             dtype: npt.DTypeLike, T: int, repeats: int) -> bool:
+    """Time each step (rung before -> rung) on its own shape, both rungs checked first, and
+    print the speedup; False if a check failed."""
+    ok = True
+    print("  steps that tie on the lesson's shape, timed where they pay:")
+    for before, after, (N, I, O), why in steps:
+        rungs = [r for r in product_rungs(product, layer_data(N, I, O, dtype), 1, T)
+                 if r.label in (before, after)]
+        for r in rungs:
+            r.run()
+            if not r.check():
+                print(f"    MISMATCH: rung {r.label} ({r.what}) on {N}x{I}->{O} differs from numpy")
+                ok = False
+        t0, t1 = interleaved_min([r.run for r in rungs], repeats=repeats)
+        print(f"    rung {before} -> {after} on {N}x{I}->{O}: {t0 / t1:.2f}x "
+              f"({t0 * 1e3:.1f} -> {t1 * 1e3:.1f} ms; {why})")
+    return ok
+
+
 def warm(dtype: npt.DTypeLike, T: int) -> None:
     """Compile every rung once on tiny arrays (or load the on-disk cache), so no timing includes it."""
     r = np.random.default_rng(1)
@@ -253,6 +311,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--threads", type=int, default=lingrad.get_num_threads(),
                    help="threads for rungs 7-8, lingrad and numpy (default: all)")
     p.add_argument("--repeats", type=int, default=3, help="timing repeats, min taken (default 3)")
+    p.add_argument("--no-showcase", dest="showcase", action="store_false",
+                   help="skip timing the steps that tie here on the shapes where they pay")
     p.add_argument("--naive-n", type=int, default=2000,
                    help="rows used to time rung 1 (default 2000; >= N times it in full)")
     a = p.parse_args(argv)
@@ -260,26 +320,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         p.error("--n, --i, --o, --threads, --repeats and --naive-n must be positive")
     N, I, O, T = a.n, a.i, a.o, a.threads
     dt = np.dtype(a.dtype)
-    r = np.random.default_rng(0)
-    x = r.standard_normal((N, I)).astype(dt)
-    w = (r.standard_normal((I, O)) * np.sqrt(2 / I)).astype(dt)
-    b = r.standard_normal(O).astype(dt)
-    dy = r.standard_normal((N, O)).astype(dt)
+    data = layer_data(N, I, O, dt)
     n_naive = min(N, a.naive_n)
-    y = np.maximum(x @ w + b, 0)  # the forward's ReLU output: rung 8 of dx masks dy by y > 0
     print(f"optimisation ladder: x ({N}, {I}), w ({I}, {O}), dy ({N}, {O}), {a.dtype}; "
           f"rungs 1-6 on 1 thread, the rest on {T}; micro-kernel {K.MR} x {K.NV} vectors "
           f"of {K.VECTOR_BYTES} bytes")
+    titles = {"dw": "weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   (rung 8 and '7+': + db)",
+              "forward": "forward  y[n, j] = sum_i x[n, i] * w[i, j]   (rung 8 and '7+': + b, then ReLU)",
+              "dx": "input gradient  dx[n, i] = sum_j dy[n, j] * w[i, j]   (rung 8 and '7+': "
+                    "dy masked by y > 0)"}
+    ok = True
     with lingrad.num_threads(T), blas_threads(T):
         t0 = time.perf_counter()
         warm(dt, T)
         print(f"compiled or loaded from cache in {time.perf_counter() - t0:.1f} s (not in any timing)")
-        ok = check_and_time("weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   (rung 8 and '7+': + db)",
-                            weight_grad_rungs(x, dy, w, n_naive, T), a.repeats)
-        ok &= check_and_time("forward  y[n, j] = sum_i x[n, i] * w[i, j]   (rung 8 and '7+': + b, then ReLU)",
-                             forward_rungs(x, w, b, n_naive, T), a.repeats)
-        ok &= check_and_time("input gradient  dx[n, i] = sum_j dy[n, j] * w[i, j]   (rung 8 and '7+': "
-                             "dy masked by y > 0)", input_grad_rungs(dy, w, y, n_naive, T), a.repeats)
+        for product, title in titles.items():
+            ok &= check_and_time(title, product_rungs(product, data, n_naive, T), a.repeats)
+            if a.showcase:
+                ok &= showcase(product, SHOWCASE[product], dt, T, a.repeats)
     print(f"\nms: best of {a.repeats} interleaved repeats; speedup: GFLOP/s ratio to the rung named. "
           f"lg = lingrad's production kernel, np = numpy.")
     print("every result checked against numpy float64: ok" if ok else "SOME RESULTS DID NOT MATCH numpy")
