@@ -26,7 +26,7 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 - ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
 - Each k prefetches B's row k + PREFETCH (a hint, never a fault): B read in
   place has rows far apart, which the hardware prefetchers do not follow.
-- Serial; no state. One function per (A, B, C dtype, rows), out of line
+- Serial; no state. One function per (A, B, C, bias dtype, rows), out of line
   (``_outlined``: linkonce_odr, noinline), so every call site runs the same
   machine code whatever the constants of its caller: inlined, LLVM propagated
   a caller's constants into the k loop, unrolled it at some sites and spilled
@@ -231,7 +231,8 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
                         with otherwise:
                             store(add_old, False)
 
-        _outlined(builder, f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{MR}", body,
+        name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}"
+        _outlined(builder, name, body,
                   [pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n, beta,
                    use_bias, relu])
         return context.get_dummy_value()

@@ -35,7 +35,7 @@ from .timing import blas_threads, interleaved_min
 # tried (the forward's and dw's blocking, dw's packing).
 SHOWCASE = {
     "dw": (("7+", "8", (50000, 16, 256), "fusion: dy (51 MB) read once for dw and db"),),
-    "forward": (("4", "5", (5000, 784, 1024), "packing: rows of w 4 KiB apart"),
+    "forward": (("4", "5", (2000, 1024, 4096), "packing: rows of w 16 KiB apart"),
                 ("7+", "8", (50000, 16, 256), "fusion: y (51 MB) against 0.4 GFLOP")),
     "dx": (("4", "5", (5000, 4096, 784), "packing: rows of w.T 16 KiB apart"),
            ("5", "6", (1000, 784, 16384), "blocking: a panel of w.T is 16384 x NR, past L2"),
