@@ -12,6 +12,9 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 JIT = dict(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy", boundscheck=False)
 PJIT = dict(JIT, parallel=True)
+# A driver called from one place only: Numba inlines its IR into the caller, so it is not
+# also compiled on its own (compile time: docs/performance.md, "Compile time").
+INLINE = dict(JIT, inline="always")
 
 # Below this many multiply-adds a call runs serially: launching threads costs
 # more than the work.

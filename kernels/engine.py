@@ -22,7 +22,7 @@ the split over threads: all arrive from plan.py. Nothing here decides.
 import numpy as np
 from numba import njit, prange
 
-from .config import COLSUM_RUN, DOT_ACC, DOT_COLS, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
+from .config import COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
 from .micro import dot, micro, transpose_tile
 
 
@@ -183,7 +183,7 @@ def pack_whole_b(B, K, N, dst, T):
         pack_panels(B, K, N, dst, np.int64(t), T)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     """C[m0:m1] (+)= A[m0:m1, k0:k1] @ B[k0:k1] (+ bias) (then ReLU): one thread's share.
 
@@ -265,7 +265,7 @@ def unit_rows(V, R, P):
     return t, 0, P
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def dot_block(A, B, C, bias, m0, m1, K, N, relu):
     """C[m0:m1] = A[m0:m1] @ B (+ bias) (then ReLU) by the dot kernel: a product with few
     columns N (see config.DOT_SHARE), each output a dot product of a row of A with a
@@ -319,7 +319,7 @@ def dot_rows(abuf, aoff, ars, bbuf, boff, rsb, cbuf, coff, ldc, bias, j0, m0, m1
             (K, min(rows, m1 - r0)), fl, cols)
 
 
-@njit(**JIT)
+@njit(**INLINE)
 def axpy_block(A, B, C, bias, m0, m1, K, N, relu, accumulate):
     """C[m0:m1] (+)= A[m0:m1] @ B (+ bias) (then ReLU) for a summed axis of a few values
     (K at most config.AXPY_MAX_K): each row of C is K rows of B scaled by A[m, k] and
