@@ -320,27 +320,31 @@ def dot_rows(abuf, aoff, ars, bbuf, boff, rsb, cbuf, coff, ldc, bias, j0, m0, m1
 
 
 @njit(**INLINE)
-def axpy_block(A, B, C, bias, m0, m1, K, N, relu, accumulate):
-    """C[m0:m1] (+)= A[m0:m1] @ B (+ bias) (then ReLU) for a summed axis of a few values
-    (K at most config.AXPY_MAX_K): each row of C is K rows of B scaled by A[m, k] and
+def axpy_block(A, B, C, Y, bias, m0, m1, K, N, relu, accumulate, masked):
+    """C[m0:m1] (+)= d[m0:m1] @ B (+ bias) (then ReLU) for a summed axis of a few values
+    (K at most config.AXPY_MAX_K): each row of C is K rows of B scaled by d[m, k] and
     added up in place, one pass along the row per k, vectorised along N (BLIS's axpyf).
+    d = A, or where(Y > 0, A, 0) when masked (the ReLU mask of dx; Y has A's shape).
 
-    A (M x K) a view of any strides (one scalar per (m, k)); B (K x N) a view, read in
-    place when its rows are contiguous, else copied first (K * N values); C = (buf, off,
-    ldc). The first k overwrites C (never read) unless accumulate. An outer product
+    A (M x K) and Y views of any strides (one scalar per (m, k)); B (K x N) a view, read
+    in place when its rows are contiguous, else copied first (K * N values); C = (buf,
+    off, ldc). The first k overwrites C (never read) unless accumulate. An outer product
     (K = 1: dx of a layer with one output, dw of a batch of one) is then a write of C at
     the speed of a fill, where the micro-kernel would run a whole call per MR x NR tile
-    for one k. Serial. numpy: C[m0:m1] (+)= A[m0:m1] @ B (+ bias).
+    for one k. Serial. numpy: C[m0:m1] (+)= d[m0:m1] @ B (+ bias).
     """
     bbuf, boff, brs = unit_rows(B, K, N)
     abuf, aoff, ars, acs = A
     cbuf, coff, ldc = C
+    zero = abuf.dtype.type(0)
     for m in range(m0, m1):
         row = cbuf[coff + m * ldc:][:N]
         if K == 0 and not accumulate:
             row[:] = 0.0
         for k in range(K):
             a = abuf[aoff + m * ars + k * acs]
+            if masked:  # exactly 0 where the unit was off, NaN in dy included
+                a = a if Y[0][Y[1] + m * Y[2] + k * Y[3]] > 0 else zero
             b = bbuf[boff + k * brs:][:N]
             if k == 0 and not accumulate:
                 for j in range(N):
@@ -390,7 +394,7 @@ def gemm(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
 
 
 @njit(**JIT)
-def narrow_task(t, A, B, C, bias, dims, flags, T):
+def narrow_task(t, A, B, C, Y, bias, dims, flags, T):
     """Thread t's share of a product the plan gives to dot_block (b_mode DOT) or axpy_block
     (AXPY): rows t*M//T to (t+1)*M//T of C. dims = (M, K, N, R) and flags as for gemm.
     Kept apart from gemm_task, so that the copies of the dot kernel are compiled once per
@@ -401,14 +405,14 @@ def narrow_task(t, A, B, C, bias, dims, flags, T):
     if bmode == DOT:
         dot_block(A, B, C, bias, m0, m1, K, N, relu)
     else:
-        axpy_block(A, B, C, bias, m0, m1, K, N, relu, accumulate)
+        axpy_block(A, B, C, Y, bias, m0, m1, K, N, relu, accumulate, flags[1] == MASK_A)
 
 
 @njit(**PJIT)
-def narrow(A, B, C, bias, dims, flags, T):
+def narrow(A, B, C, Y, bias, dims, flags, T):
     """narrow_task on T threads, each owning its rows of C (race-free)."""
     for t in prange(T):
-        narrow_task(np.int64(t), A, B, C, bias, dims, flags, T)
+        narrow_task(np.int64(t), A, B, C, Y, bias, dims, flags, T)
 
 
 @njit(**JIT)

@@ -61,6 +61,8 @@ def features(plan, itemsize):
         f.add(f"dw swap={plan.swap} b_mode={plan.b_mode}")
     if plan.b_mode == E.AXPY:  # no tiles: rows of C, k = 0, 1 or 2
         f.add(f"{plan.op} axpy K={plan.K}")
+        if plan.masked:
+            f.add(f"{plan.op} axpy masked K={plan.K}")
         return f
     if plan.b_mode == E.DOT:  # the dot kernel's edges instead of the micro-kernel's
         f.add(f"{plan.op} dot threads={'many' if plan.threads > 1 else 1}")
@@ -94,6 +96,7 @@ REQUIRED = (
      f"dw swap=False b_mode={E.IN_PLACE}", "dw masked=1", "dw masked=2", "dw several KC blocks",
      "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT"]
     + [f"{op} axpy K={k}" for op in ("forward", "dx", "dw") for k in (1, 2)] + ["forward axpy K=0"]
+    + [f"dx axpy masked K={k}" for k in (1, 2)]
     + [f"{op} dot: {edge}" for op in ("forward", "dx")
        for edge in ("a last group narrower than DOT_COLS", "rows past the last whole block of DOT_ACC")]
     + ["forward dot: a whole group of DOT_COLS", "dx dot: a single row, DOT_ACC columns at a time"]

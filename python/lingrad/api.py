@@ -32,14 +32,14 @@ def _gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     code the parallel kernel runs per thread (one compiled copy for both, not two); a
     plan's dot or axpy product (flags[2], b_mode, DOT or AXPY) by engine.narrow_task."""
     if flags[2] >= _NARROW:
-        K.engine.narrow_task(0, A, B, C, bias, dims, flags, 1)
+        K.engine.narrow_task(0, A, B, C, Y, bias, dims, flags, 1)
     else:
         K.engine.gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
 
 
-def _narrow_serial(A, B, C, bias, dims, flags, T):
+def _narrow_serial(A, B, C, Y, bias, dims, flags, T):
     """engine.narrow on the calling thread (its share for t = 0 of 1)."""
-    K.engine.narrow_task(0, A, B, C, bias, dims, flags, 1)
+    K.engine.narrow_task(0, A, B, C, Y, bias, dims, flags, 1)
 
 
 _NARROW = min(K.engine.DOT, K.engine.AXPY)
@@ -198,7 +198,7 @@ def _gemm(g, A, B, C, Y, bias=None, db=None):
     if T == 1:
         _gemm_serial(A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags, g.split, 1)
     elif g.flags[2] >= _NARROW:
-        _launch(E.narrow, _narrow_serial, T, A, B, C, bias, g.dims, g.flags)
+        _launch(E.narrow, _narrow_serial, T, A, B, C, Y, bias, g.dims, g.flags)
     else:
         _launch(E.gemm, _gemm_serial, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
                 g.split)

@@ -23,8 +23,9 @@ The three products, as C (M x N) = A (M x K) @ B (K x N):
                                                      summed there); x read in place, or per
                                                      block when its rows are X_ALIASED_BYTES apart
 
-A product summed over at most AXPY_MAX_K values (unmasked) runs as scaled rows of B added
-into each row of C (engine.axpy_block), whatever the op.
+A product summed over at most AXPY_MAX_K values runs as scaled rows of B added into each
+row of C (engine.axpy_block), whatever the op (masked: dx only, the mask applied to each
+value of d as it is read; a masked dw of a batch of 1-2 rows keeps the micro-kernel).
 """
 import functools
 from collections import namedtuple
@@ -72,11 +73,12 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), True, b_mode,
                     E.MASK_A if masked else 0, want_db, True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
-    if Kdim <= K.AXPY_MAX_K and not masked:
+    if Kdim <= K.AXPY_MAX_K and (not masked or op == "dx"):
         # a summed axis of a value or two (an outer product): each row of C is a few
-        # scaled rows of B (engine.axpy_block), rows of C over threads
-        return Plan(op, M, Kdim, N, T, 0, (K.MR, Kdim, Kdim), False, E.AXPY, 0, False, False,
-                    False)
+        # scaled rows of B (engine.axpy_block; dx's ReLU mask applied to each scalar of
+        # d), rows of C over threads
+        return Plan(op, M, Kdim, N, T, 0, (K.MR, Kdim, Kdim), False, E.AXPY,
+                    E.MASK_A if masked else 0, False, False, False)
     if op == "dw":
         # a short batch: dw = x.T @ d with x.T and d read in place, rows of dw over threads;
         # float32 sums longer than KF terms go through float64 scratch
@@ -127,7 +129,7 @@ def explain(plan: Plan) -> str:
         lines.append(f"  parallel on {plan.threads} threads over {axis}: kernels/engine.py "
                      f"{'narrow' if plan.b_mode in (E.DOT, E.AXPY) else 'gemm'} (prange) -> {chain}")
     lines.append(f"  A: {'packed MC x KC at a time into MR-row panels (engine.pack_a)' if plan.pack_a else 'read in place'}"
-                 f"{', ReLU mask applied while packing' if plan.masked == E.MASK_A else ''}"
+                 f"{(', ReLU mask applied to each value as it is read' if plan.b_mode == E.AXPY else ', ReLU mask applied while packing') if plan.masked == E.MASK_A else ''}"
                  f"{', db summed while packing' if plan.want_db else ''}")
     lines.append("  B: " + {E.WHOLE: "packed whole, once per call, into NR-column panels (engine.pack_whole_b)",
                             E.IN_PLACE: "read in place (edge panels by masked loads)",
