@@ -62,6 +62,10 @@ PREFETCH = 16
 # Terms of a float32 sum over the batch (dw) added in float32 registers before
 # each is added into the float64 partials: the float32 error grows with KF,
 # not with the batch (tests/test_accuracy.py holds it to numpy's pairwise sum).
+# 2026-12-04, Zen 5: KF = 128 and 256 fail test_weight_grad_long_batch on normal data
+# (1e6 x 16 x 4 and 1e6 x 24 x 20), though KF = 256 ran lesson-1's float32 dw at 1 thread
+# at 134-144 against 98-126 GFLOP/s: the float64 flush of each tile is what float32 dw
+# pays for its accuracy (docs/performance.md).
 KF = 64
 # The dot kernel (micro.dot) computes a block of C of up to DOT_COLS columns, each output
 # one vector dot product along k, in DOT_ACC accumulators (half of AVX-512's 32 registers,

@@ -231,10 +231,10 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                         dk = (min(KF, kc - kq), m, n)
                         fl = (accumulate or pc > k0 or kq > 0, end and bias.size > 0, relu and end)
                         a_at = ao + kq * acs
-                        # two call sites (two inlined copies of the micro-kernel): B read
-                        # in place, and packed B, whose row stride nr is a constant LLVM
-                        # folds into the loads (dx 50000x784->50 25% slower without it);
-                        # at each, a short tile (m <= MR_SHORT) runs the MR_SHORT-row copy
+                        # two call sites of the out-of-line micro-kernel, for B read in
+                        # place and for packed B (two buffers; an array chosen inside the
+                        # loop would be reference-counted per tile); at each, a short tile
+                        # (m <= MR_SHORT) runs the MR_SHORT-row function
                         if bmode == IN_PLACE:
                             offs = (a_at, ars, acs, B[1] + (pc + kq) * B[2] + jr, B[2], co, ldc, jr)
                             if m <= MR_SHORT:
