@@ -202,40 +202,34 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
                 builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]), cvt.as_pointer()),
                 I32(calign), builder.and_(masks[v], bias_on), czero]) for v in range(NV)]
 
-            def store(add_old, full, epilogue):
+            def store(add_old, full):
                 """Rows r < m of C: plain vector loads and stores for a full-width tile
-                (masked ones are microcoded on some CPUs), masked ones at an edge; the
-                bias and the ReLU only in the copy with the epilogue (without it, a
-                short sum's call is mostly this store: head dx's K = 10)."""
+                (masked ones are microcoded on some CPUs), masked ones at an edge."""
                 for r in range(MR):
                     with builder.if_then(builder.icmp_signed("<", I64(r), m)):
                         base = builder.add(ic, builder.mul(I64(r), ldc))
                         for v in range(NV):
                             ptr = builder.bitcast(builder.gep(pc, [builder.add(base, I64(v * vl))]),
                                                   cvt.as_pointer())
-                            val = builder.fadd(out[r][v], bvals[v]) if epilogue else out[r][v]
+                            val = builder.fadd(out[r][v], bvals[v])
                             if add_old:
                                 old = (builder.load(ptr, align=calign) if full else
                                        _call(builder, cload, cvt, [ptr, I32(calign), masks[v], czero]))
                                 val = builder.fadd(val, old)
-                            if epilogue:
-                                keep = builder.fcmp_unordered(">", val, czero)
-                                val = builder.select(relu, builder.select(keep, val, czero), val)
+                            keep = builder.fcmp_unordered(">", val, czero)
+                            val = builder.select(relu, builder.select(keep, val, czero), val)
                             if full:
                                 builder.store(val, ptr, align=calign)
                             else:
                                 _call(builder, cstore, ir.VoidType(), [val, ptr, I32(calign), masks[v]])
 
-            epilogue = builder.or_(use_bias, relu)
             for add_old in (True, False):
                 with builder.if_then(beta if add_old else builder.not_(beta)):
-                    for epi in (True, False):
-                        with builder.if_then(epilogue if epi else builder.not_(epilogue)):
-                            with builder.if_else(full) as (then, otherwise):
-                                with then:
-                                    store(add_old, True, epi)
-                                with otherwise:
-                                    store(add_old, False, epi)
+                    with builder.if_else(full) as (then, otherwise):
+                        with then:
+                            store(add_old, True)
+                        with otherwise:
+                            store(add_old, False)
 
         name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}"
         _outlined(builder, name, body,
