@@ -22,7 +22,8 @@ the split over threads: all arrive from plan.py. Nothing here decides.
 import numpy as np
 from numba import njit, prange
 
-from .config import COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT, VECTOR_BYTES
+from .config import (COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT,
+                     VECTOR_BYTES)
 from .micro import dot, micro, transpose_tile
 
 

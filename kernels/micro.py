@@ -162,8 +162,8 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
                 k = builder.phi(I64)
                 acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
                 brow = builder.add(ib, builder.mul(k, ldb))
-                bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]), vt.as_pointer())
-                        for v in range(NV)]
+                bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
+                                        vt.as_pointer()) for v in range(NV)]
                 bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
                       builder.load(bptr[v], align=align) for v in range(NV)]
                 ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
@@ -199,7 +199,8 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
             # the epilogue: the bias, beta, ReLU, the store
             bias_on = _splat(builder, use_bias, mt)
             bvals = [_call(builder, cload, cvt, [
-                builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]), cvt.as_pointer()),
+                builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]),
+                                cvt.as_pointer()),
                 I32(calign), builder.and_(masks[v], bias_on), czero]) for v in range(NV)]
 
             def store(add_old, full):
@@ -214,14 +215,16 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
                             val = builder.fadd(out[r][v], bvals[v])
                             if add_old:
                                 old = (builder.load(ptr, align=calign) if full else
-                                       _call(builder, cload, cvt, [ptr, I32(calign), masks[v], czero]))
+                                       _call(builder, cload, cvt,
+                                             [ptr, I32(calign), masks[v], czero]))
                                 val = builder.fadd(val, old)
                             keep = builder.fcmp_unordered(">", val, czero)
                             val = builder.select(relu, builder.select(keep, val, czero), val)
                             if full:
                                 builder.store(val, ptr, align=calign)
                             else:
-                                _call(builder, cstore, ir.VoidType(), [val, ptr, I32(calign), masks[v]])
+                                _call(builder, cstore, ir.VoidType(),
+                                      [val, ptr, I32(calign), masks[v]])
 
             for add_old in (True, False):
                 with builder.if_then(beta if add_old else builder.not_(beta)):

@@ -325,8 +325,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"optimisation ladder: x ({N}, {I}), w ({I}, {O}), dy ({N}, {O}), {a.dtype}; "
           f"rungs 1-6 on 1 thread, the rest on {T}; micro-kernel {K.MR} x {K.NV} vectors "
           f"of {K.VECTOR_BYTES} bytes")
-    titles = {"dw": "weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   (rung 8 and '7+': + db)",
-              "forward": "forward  y[n, j] = sum_i x[n, i] * w[i, j]   (rung 8 and '7+': + b, then ReLU)",
+    titles = {"dw": "weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   "
+                    "(rung 8 and '7+': + db)",
+              "forward": "forward  y[n, j] = sum_i x[n, i] * w[i, j]   "
+                         "(rung 8 and '7+': + b, then ReLU)",
               "dx": "input gradient  dx[n, i] = sum_j dy[n, j] * w[i, j]   (rung 8 and '7+': "
                     "dy masked by y > 0)"}
     ok = True

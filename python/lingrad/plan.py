@@ -128,8 +128,10 @@ def explain(plan: Plan) -> str:
                 "the batch (k), each thread into its own float64 partial")
         lines.append(f"  parallel on {plan.threads} threads over {axis}: kernels/engine.py "
                      f"{'narrow' if plan.b_mode in (E.DOT, E.AXPY) else 'gemm'} (prange) -> {chain}")
+    mask_a = ("" if plan.masked != E.MASK_A else ", ReLU mask applied to each value as it is read"
+              if plan.b_mode == E.AXPY else ", ReLU mask applied while packing")
     lines.append(f"  A: {'packed MC x KC at a time into MR-row panels (engine.pack_a)' if plan.pack_a else 'read in place'}"
-                 f"{(', ReLU mask applied to each value as it is read' if plan.b_mode == E.AXPY else ', ReLU mask applied while packing') if plan.masked == E.MASK_A else ''}"
+                 f"{mask_a}"
                  f"{', db summed while packing' if plan.want_db else ''}")
     lines.append("  B: " + {E.WHOLE: "packed whole, once per call, into NR-column panels (engine.pack_whole_b)",
                             E.IN_PLACE: "read in place (edge panels by masked loads)",
