@@ -103,6 +103,20 @@ def _outlined(builder, name, body, args):
     builder.call(fn, args)
 
 
+def _loop_back(builder, k, step, acc, new, first, loop, kc, done, zero):
+    """The back edge of a k loop whose counter k and accumulators acc are phi nodes: they
+    enter from block first as 0 and come round from loop as k + step and the new sums;
+    the loop runs while k + step < kc, then goes to done."""
+    k1 = builder.add(k, I64(step))
+    k.add_incoming(I64(0), first)
+    k.add_incoming(k1, loop)
+    for row, row_new in zip(acc, new):
+        for a, a_new in zip(row, row_new):
+            a.add_incoming(zero, first)
+            a.add_incoming(a_new, loop)
+    builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+
+
 def _scalars(context, builder, tup, tupty, to):
     """The members of a tuple of scalars, each cast to the Numba type ``to``."""
     return [context.cast(builder, builder.extract_value(tup, i), tupty[i], to)
@@ -176,14 +190,7 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
                 for r in range(MR):
                     s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
                     new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
-                k1 = builder.add(k, I64(1))
-                k.add_incoming(I64(0), start)
-                k.add_incoming(k1, loop)
-                for r in range(MR):
-                    for v in range(NV):
-                        acc[r][v].add_incoming(zero, start)
-                        acc[r][v].add_incoming(new[r][v], loop)
-                builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+                _loop_back(builder, k, 1, acc, new, start, loop, kc, done, zero)
                 results.append((new, loop))
 
             builder.position_at_end(done)
@@ -366,14 +373,7 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
         for r in range(R):
             av = vload(arow[r])
             new.append([_call(builder, fma, vt, [av, bv[j], acc[r][j]]) for j in range(J)])
-        k1 = builder.add(k, I64(vl))
-        k.add_incoming(I64(0), entry)
-        k.add_incoming(k1, loop)
-        for r in range(R):
-            for j in range(J):
-                acc[r][j].add_incoming(zero, entry)
-                acc[r][j].add_incoming(new[r][j], loop)
-        builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
+        _loop_back(builder, k, vl, acc, new, entry, loop, kc, done, zero)
 
         builder.position_at_end(done)
         sums = [[builder.phi(vt) for _ in range(J)] for _ in range(R)]

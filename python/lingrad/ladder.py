@@ -253,11 +253,10 @@ def showcase(product: str, steps: Sequence[Tuple[str, str, Tuple[int, int, int],
 
 def warm(dtype: npt.DTypeLike, T: int) -> None:
     """Compile every rung once on tiny arrays (or load the on-disk cache), so no timing includes it."""
-    r = np.random.default_rng(1)
-    x, w, dy = (r.standard_normal(s).astype(dtype) for s in ((9, 6), (6, 5), (9, 5)))
-    for rung in (weight_grad_rungs(x, dy, w, 9, T) + forward_rungs(x, w, w[0], 9, T)
-                 + input_grad_rungs(dy, w, dy, 9, T)):
-        rung.run()
+    data = layer_data(9, 6, 5, dtype, seed=1)
+    for product in ("dw", "forward", "dx"):
+        for rung in product_rungs(product, data, 9, T):
+            rung.run()
 
 
 def check_and_time(title: str, rungs: List[Rung], repeats: int) -> bool:
