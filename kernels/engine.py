@@ -21,6 +21,8 @@ the split over threads: all arrive from plan.py. Nothing here decides.
 """
 import numpy as np
 from numba import njit, prange
+from numba.core import cgutils, types
+from numba.extending import intrinsic
 
 from .config import (COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT,
                      VECTOR_BYTES)
@@ -168,8 +170,34 @@ def pack_b(B, Y, masked, k0, kc, n0, nc, ldp, dst):
                     dst[base + k * nr + p] = B[0][src + k * B[2]] if p < cols else 0.0
 
 
+@intrinsic
+def run(typingctx, task, t, args, T):
+    """task(t, *args, T): thread t's call of a parallel wrapper's task, through a pointer.
+
+    task is the address of a function compiled by Numba for exactly (int64, *args' types,
+    int64); lingrad.api._address takes it from the task's dispatcher, for the types of the
+    very values the wrapper is called with. A call through a pointer does not link the task
+    into the wrapper's library, so LLVM does not optimise and compile the task, and all it
+    calls, a second time for every wrapper (Numba links a copy of each callee into its
+    caller: docs/performance.md, "Compile time"). An error status from the task is passed
+    on as from any call.
+    """
+    argtys = (t,) + tuple(args.types) + (T,)
+
+    def codegen(context, builder, sig, llargs):
+        address, tv, tup, Tv = llargs
+        vals = [tv] + cgutils.unpack_tuple(builder, tup, len(args.types)) + [Tv]
+        fnty = context.call_conv.get_function_type(types.none, argtys)
+        fn = builder.inttoptr(address, fnty.as_pointer())
+        status, _ = context.call_conv.call_function(builder, fn, types.none, argtys, vals)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+    return types.none(task, t, args, T), codegen
+
+
 @njit(**JIT)
-def pack_panels(B, K, N, dst, t, T):
+def pack_panels(t, B, K, N, dst, T):
     """Share t of T of packing all of B (K x N) into dst, panel by panel (K * NR values each)."""
     nr = lanes(dst)
     panels = (N + nr - 1) // nr
@@ -178,10 +206,11 @@ def pack_panels(B, K, N, dst, t, T):
 
 
 @njit(**PJIT)
-def pack_whole_b(B, K, N, dst, T):
-    """All of B packed into dst on T threads, each owning its own panels (race-free)."""
+def pack_whole_b(task, B, K, N, dst, T):
+    """All of B packed into dst on T threads, each owning its own panels (race-free):
+    pack_panels, whose address is task (see run)."""
     for t in prange(T):
-        pack_panels(B, K, N, dst, np.int64(t), T)
+        run(task, np.int64(t), (B, K, N, dst), T)
 
 
 @njit(**INLINE)
@@ -383,15 +412,16 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
 
 
 @njit(**PJIT)
-def gemm(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
-    """C = A @ B (M x K times K x N) on T threads. dims = (M, K, N, R).
+def gemm(task, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
+    """C = A @ B (M x K times K x N) on T threads: gemm_task, whose address is task (see
+    run). dims = (M, K, N, R).
 
     Race-free by construction: with split 0 thread t owns its rows of C (an
     output axis); with split 1 it owns its partial C[t] and db[t] (per-thread
     partials over the summed axis, added up afterwards by merge_*).
     """
     for t in prange(T):
-        gemm_task(np.int64(t), A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T)
+        run(task, np.int64(t), (A, B, C, Y, bias, db, bp, dims, blocks, flags, split), T)
 
 
 @njit(**JIT)
@@ -410,14 +440,15 @@ def narrow_task(t, A, B, C, Y, bias, dims, flags, T):
 
 
 @njit(**PJIT)
-def narrow(A, B, C, Y, bias, dims, flags, T):
-    """narrow_task on T threads, each owning its rows of C (race-free)."""
+def narrow(task, A, B, C, Y, bias, dims, flags, T):
+    """narrow_task (its address: task, see run) on T threads, each owning its rows of C
+    (race-free)."""
     for t in prange(T):
-        narrow_task(np.int64(t), A, B, C, Y, bias, dims, flags, T)
+        run(task, np.int64(t), (A, B, C, Y, bias, dims, flags), T)
 
 
 @njit(**JIT)
-def merge_part(acc, out, transposed, accumulate, t, T):
+def merge_part(t, acc, out, transposed, accumulate, T):
     """Share t of T of out[i, j] = sum_s acc[s, j, i] (transposed) or acc[s, i, j] (+ out).
 
     acc (S, R*P) float64 per-thread partials of out (R x P) or of out.T;
@@ -439,23 +470,26 @@ def merge_part(acc, out, transposed, accumulate, t, T):
 
 
 @njit(**PJIT)
-def merge(acc, out, transposed, accumulate, T):
-    """merge_part on T threads, each owning a contiguous range of out's rows (race-free)."""
+def merge(task, acc, out, transposed, accumulate, T):
+    """merge_part (its address: task, see run) on T threads, each owning a contiguous range
+    of out's rows (race-free)."""
     for t in prange(T):
-        merge_part(acc, out, transposed, accumulate, np.int64(t), T)
+        run(task, np.int64(t), (acc, out, transposed, accumulate), T)
 
 
 @njit(**JIT)
-def colsum_rows(D, Y, masked, n0, n1, acc):
-    """acc[j] += sum_{n0 <= n < n1} d[n, j], every term in float64; d = D, masked by Y.
+def colsum_rows(t, D, Y, masked, N, part, T):
+    """Share t of T of db: acc[j] += sum_{n0 <= n < n1} d[n, j] for rows n0 = t*N//T to
+    n1 = (t+1)*N//T, every term in float64, into acc = part[t]; d = D, masked by Y.
 
-    shapes: D and Y views of (N, O), acc (O,) float64.   numpy: acc += d[n0:n1].sum(0)
+    shapes: D and Y views of (N, O), part (T, O) float64.   numpy: acc += d[n0:n1].sum(0)
     db without dw: a single contiguous column as a plain sum; short adjacent rows (O at
     most COLSUM_RUN / 4) as one contiguous run, in float64 lanes of whole rows; other rows of a C-order dy four at a time (acc loaded
     and stored once per four rows, vectorised along j); any other layout one value at a
     time. Serial.
     """
     buf, off, rs, cs = D
+    n0, n1, acc = t * N // T, (t + 1) * N // T, part[t]
     O = acc.shape[0]
     if not masked and O == 1 and rs == 1:
         v = buf[off + n0: off + n1]  # indices from 0: no wraparound check, so it vectorises
@@ -508,8 +542,9 @@ def colsum_quads(buf, off, rs, n0, n1, acc):
 
 
 @njit(**PJIT)
-def colsum(D, Y, masked, N, acc, T):
-    """colsum_rows on T threads: thread t sums rows t*N//T to (t+1)*N//T into its own
-    partial acc[t] (T, O) float64, so it is race-free; merge adds the partials."""
+def colsum(task, D, Y, masked, N, part, T):
+    """colsum_rows (its address: task, see run) on T threads: thread t sums rows t*N//T to
+    (t+1)*N//T into its own partial part[t] (T, O) float64, so it is race-free; merge adds
+    the partials."""
     for t in prange(T):
-        colsum_rows(D, Y, masked, t * N // T, (t + 1) * N // T, acc[t])
+        run(task, np.int64(t), (D, Y, masked, N, part), T)

@@ -15,6 +15,7 @@ from collections import namedtuple
 
 import numba
 import numpy as np
+from numba._dispatcher import compute_fingerprint as _fingerprint
 
 from . import kernels as K
 from . import plan as P
@@ -37,52 +38,49 @@ def _gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
         K.engine.gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
 
 
-def _narrow_serial(A, B, C, Y, bias, dims, flags, T):
-    """engine.narrow on the calling thread (its share for t = 0 of 1)."""
-    K.engine.narrow_task(0, A, B, C, Y, bias, dims, flags, 1)
-
-
 _NARROW = min(K.engine.DOT, K.engine.AXPY)
+_ADDRESS: dict = {}  # (task, Numba's type fingerprint of its arguments) -> address
 
 
-def _pack_serial(B, Kdim, N, dst, T):
-    """engine.pack_whole_b on the calling thread (its share for t = 0 of 1)."""
-    K.engine.pack_panels(B, Kdim, N, dst, 0, 1)
+def _address(task, args):
+    """The address of the task's machine code for (t, *args, T), which a parallel wrapper
+    calls through engine.run; compiled (or loaded from Numba's cache) for the types of args
+    on the first call with them. Numba's own dispatch keys on the same fingerprint."""
+    key = (task, _fingerprint(args))
+    address = _ADDRESS.get(key)
+    if address is None:
+        sig = (numba.int64,) + tuple(numba.typeof(a) for a in args) + (numba.int64,)
+        task.compile(sig)
+        res = task.overloads[sig]
+        address = res.library.get_pointer_to_function(res.fndesc.llvm_func_name)
+        _ADDRESS[key] = address
+    return address
 
 
-def _merge_serial(acc, out, transposed, accumulate, T):
-    """engine.merge on the calling thread (its share for t = 0 of 1)."""
-    K.engine.merge_part(acc, out, transposed, accumulate, 0, 1)
-
-
-def _colsum_serial(D, Y, masked, N, acc, T):
-    """engine.colsum on the calling thread: all N rows into acc[0]."""
-    K.engine.colsum_rows(D, Y, masked, 0, N, acc[0])
-
-
-def _launch(parallel, serial, threads, *args):
-    """Run the parallel kernel on ``threads`` threads (the plan's count), or the serial
-    one for 1.
+def _launch(parallel, task, threads, *args):
+    """task(t, *args, T) for t < T = ``threads`` (the plan's count): on the calling thread
+    for 1, else by the parallel wrapper, which calls task by its address (engine.run).
 
     Numba's fallback 'workqueue' threading layer is not safe for concurrent
     parallel launches from several Python threads, so those are serialised
     with a lock; the 'omp' and 'tbb' layers run them concurrently. GNU OpenMP
     cannot be used again in a child forked after the parent started it, so a
-    forked child runs the serial kernels under 'omp'.
+    forked child runs the tasks serially under 'omp'.
     """
     if threads == 1:
-        return serial(*args, 1)
+        return task(0, *args, 1)
     try:
         layer = numba.threading_layer()
     except ValueError:  # no parallel region has run yet in this process
         layer = None
     if layer == "omp" and _launch_pid and _launch_pid[0] != os.getpid():
-        return serial(*args, 1)  # a child forked after the parent used the pool
+        return task(0, *args, 1)  # a child forked after the parent used the pool
     _launch_pid[:] = [os.getpid()]
+    address = _address(task, args)
     if layer in ("omp", "tbb"):
-        return parallel(*args, threads)
+        return parallel(address, *args, threads)
     with _workqueue_lock:
-        return parallel(*args, threads)
+        return parallel(address, *args, threads)
 
 
 _EMPTY = {np.dtype(t): (np.empty(0, t), np.empty((1, 0), t)) for t in (np.float32, np.float64)}
@@ -187,10 +185,7 @@ def _gemm(g, A, B, C, Y, bias=None, db=None):
     bp = g.empty_b
     if g.whole:  # all of B, once: the same panels serve every row block and thread
         bp = np.empty(g.whole, g.dtype)
-        if T == 1:
-            _pack_serial(B, g.K, g.N, bp, 1)
-        else:
-            _launch(E.pack_whole_b, _pack_serial, T, B, g.K, g.N, bp)
+        _launch(E.pack_whole_b, E.pack_panels, T, B, g.K, g.N, bp)
     if bias is None:
         bias = g.empty_bias
     if db is None:
@@ -198,9 +193,9 @@ def _gemm(g, A, B, C, Y, bias=None, db=None):
     if T == 1:
         _gemm_serial(A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags, g.split, 1)
     elif g.flags[2] >= _NARROW:
-        _launch(E.narrow, _narrow_serial, T, A, B, C, Y, bias, g.dims, g.flags)
+        _launch(E.narrow, E.narrow_task, T, A, B, C, Y, bias, g.dims, g.flags)
     else:
-        _launch(E.gemm, _gemm_serial, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
+        _launch(E.gemm, E.gemm_task, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
                 g.split)
 
 
@@ -437,18 +432,12 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
         if db_acc is None:
             T = e.plans.db_threads
             db_acc = np.zeros((T, e.O))
-            if T == 1:
-                _colsum_serial(D, Y, e.masked, e.N, db_acc, 1)
-            else:
-                _launch(E.colsum, _colsum_serial, T, D, Y, e.masked, e.N, db_acc)
-        _merge_serial(db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
+            _launch(E.colsum, E.colsum_rows, T, D, Y, e.masked, e.N, db_acc)
+        E.merge_part(0, db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
 
 
 def _merge(acc, out, transposed, accumulate, T):
-    if T == 1:
-        _merge_serial(acc, out, transposed, accumulate, 1)
-    else:
-        _launch(K.engine.merge, _merge_serial, T, acc, out, transposed, accumulate)
+    _launch(K.engine.merge, K.engine.merge_part, T, acc, out, transposed, accumulate)
 
 
 def _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate, key):
