@@ -142,7 +142,7 @@ def pack_b(B, Y, masked, k0, kc, n0, nc, ldp, dst):
         if masked:  # d, for dw = x.T @ d on a small batch
             for k in range(kc):
                 for p in range(nr):
-                    dst[base + k * nr + p] = value(B, Y, True, k0 + k, n0 + p0 + p) if p < cols else 0.0
+                    dst[base + k * nr + p] = value(B, Y, masked, k0 + k, n0 + p0 + p) if p < cols else 0.0
         elif B[3] == 1:  # rows of B contiguous (x, w): a copy of each row's piece
             for k in range(kc):
                 src = B[0][B[1] + (k0 + k) * B[2] + n0 + p0:][:cols]
@@ -202,7 +202,8 @@ def pack_panels(t, B, K, N, dst, T):
     nr = lanes(dst)
     panels = (N + nr - 1) // nr
     for p in range(t * panels // T, (t + 1) * panels // T):
-        pack_b(B, B, False, 0, K, p * nr, min(nr, N - p * nr), K * nr, dst[p * K * nr:])
+        pack_b(B, B, np.bool_(False), np.int64(0), K, p * nr, min(nr, N - p * nr), K * nr,
+               dst[p * K * nr:])
 
 
 @njit(**PJIT)
@@ -242,7 +243,7 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
         kc = min(KC, k1 - pc)
         last = pc + KC >= k1
         if bmode == BLOCK:
-            pack_b(B, Y, masked == MASK_B, pc, kc, 0, N, kc * nr, bp)
+            pack_b(B, Y, masked == MASK_B, pc, kc, np.int64(0), N, kc * nr, bp)
         for ic in range(m0, m1, MC):
             mc = min(MC, m1 - ic)
             if pack:
@@ -316,7 +317,7 @@ def dot_block(A, B, C, bias, m0, m1, K, N, relu):
     fl = (bias.size > 0, relu)
     for q0 in range(m0, m1, DOT_ACC):  # DOT_ACC rows of A at a time (in L1), for every group
         q1 = min(q0 + DOT_ACC, m1)
-        j0 = 0
+        j0 = np.int64(0)
         while j0 < N:
             bo = boff + j0 * bcs
             if q1 - q0 == 1 and N - j0 >= DOT_ACC:  # a single row: DOT_ACC columns at a time
