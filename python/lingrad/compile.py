@@ -28,7 +28,7 @@ from numba.core.dispatcher import Dispatcher
 
 import lingrad
 
-ESTIMATE = "about 15 to 25 s"
+ESTIMATE = "about 5 to 15 s"  # 2-core Zen 5, 2026-12-04: 6-10 s for a first ReLU layer, 10-12 s for all
 KERNELS = "lingrad.kernels."
 # The study path's rungs (python -m lingrad ladder): compiled by the ladder itself,
 # not by the API, so neither announced nor warmed here.
