@@ -450,24 +450,38 @@ def narrow(task, A, B, C, Y, bias, dims, flags, T):
 
 @njit(**JIT)
 def merge_part(t, acc, out, transposed, accumulate, T):
-    """Share t of T of out[i, j] = sum_s acc[s, j, i] (transposed) or acc[s, i, j] (+ out).
+    """Share t of T of out[i, j] (+)= sum_s acc[s, j * R + i] (transposed) or acc[s, i * P + j].
 
-    acc (S, R*P) float64 per-thread partials of out (R x P) or of out.T;
-    summed in float64, rounded once to out's dtype. Serial over its rows i, in
-    MERGE_TILE x MERGE_TILE tiles, so that a transposed read stays within a few
-    cache lines per row (2048^3 dw, 1 thread: 0.55x -> 0.61x numpy).
+    acc (S, R*P) float64 per-thread partials of out (R x P) or of out.T; summed in
+    float64, rounded once to out's dtype. Rows t*R//T to (t+1)*R//T of out, in MERGE_TILE x
+    MERGE_TILE tiles: a tile's sums are made in a float64 tile along acc's contiguous axis
+    (vectorised), then written to out (transposed, for out.T), so that a transposed read
+    stays within a few cache lines per row. Serial. With the partials summed one value at
+    a time, 784 x 50 from one partial took 58 us on Zen 5 (1 thread), 1.5 ns a value.
     """
     R, P = out.shape
-    for i0 in range(t * R // T, (t + 1) * R // T, MERGE_TILE):
-        i1 = min(i0 + MERGE_TILE, (t + 1) * R // T)
+    sums = np.empty((MERGE_TILE, MERGE_TILE))
+    r0, r1 = t * R // T, (t + 1) * R // T
+    for i0 in range(r0, r1, MERGE_TILE):
+        ni = min(MERGE_TILE, r1 - i0)
         for j0 in range(0, P, MERGE_TILE):
-            for i in range(i0, i1):
-                for j in range(j0, min(j0 + MERGE_TILE, P)):
-                    s = out[i, j] + 0.0 if accumulate else 0.0
-                    at = j * R + i if transposed else i * P + j
-                    for q in range(acc.shape[0]):
-                        s += acc[q, at]
-                    out[i, j] = s
+            nj = min(MERGE_TILE, P - j0)
+            na, nb = (nj, ni) if transposed else (ni, nj)  # the tile as acc holds it
+            for a in range(na):
+                at = (j0 + a) * R + i0 if transposed else (i0 + a) * P + j0
+                s = sums[a, :nb]
+                v = acc[0, at: at + nb]
+                for b in range(nb):
+                    s[b] = v[b]
+                for q in range(1, acc.shape[0]):
+                    v = acc[q, at: at + nb]
+                    for b in range(nb):
+                        s[b] += v[b]
+            for i in range(ni):
+                dst = out[i0 + i, j0: j0 + nj]
+                for j in range(nj):
+                    v = sums[j, i] if transposed else sums[i, j]
+                    dst[j] = dst[j] + v if accumulate else v
 
 
 @njit(**PJIT)
