@@ -183,6 +183,42 @@ def test_two_layer_step_matches_numpy(rng, threads):
         assert_close(got, e, scale=scale, k=30 * H, dtype=dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", ["kernel", "kernel nobias", "fortran w", "w replaced",
+                                  "dw replaced", "readonly w"])
+def test_step_kernel_and_numpy_paths(rng, dtype, case, monkeypatch):
+    """step() runs kernels/engine.py sgd for contiguous buffers of the layer's own shapes and
+    numpy for anything else; both give w - lr * dw, and a bad buffer raises as numpy does."""
+    calls = []
+    sgd = lingrad.kernels.engine.sgd
+    monkeypatch.setattr(lingrad.kernels.engine, "sgd", lambda *a: calls.append(1) or sgd(*a))
+    w, b = make(rng, dtype, bias=case != "kernel nobias")
+    if case == "fortran w":
+        w = np.asfortranarray(w)
+    layer = Linear(w, b)
+    layer.dw[...] = dyadic(rng, w.shape, dtype)
+    if b is not None:
+        layer.db[...] = dyadic(rng, b.shape, dtype)
+    if case == "w replaced":
+        layer.w = dyadic(rng, (I, O), dtype)[:, ::-1]  # a strided view: numpy's path
+    if case == "dw replaced":
+        layer.dw = dyadic(rng, (I + 1, O), dtype)  # the wrong shape: numpy raises
+        with pytest.raises(ValueError):
+            layer.step(0.25)
+        return
+    if case == "readonly w":
+        layer.w.flags.writeable = False
+        with pytest.raises(ValueError, match="read-only"):
+            layer.step(0.25)
+        return
+    w0, b0 = layer.w.copy(), None if b is None else layer.b.copy()
+    layer.step(0.25)  # a power of two: exact
+    assert len(calls) == case.startswith("kernel")
+    assert np.array_equal(layer.w, w0 - dtype(0.25) * layer.dw)
+    if b is not None:
+        assert np.array_equal(layer.b, b0 - dtype(0.25) * layer.db)
+
+
 def test_repr_and_sizes(rng):
     w, b = make(rng, np.float32)
     layer = Linear(w, b)

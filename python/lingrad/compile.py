@@ -166,6 +166,7 @@ def warm(dtype: npt.DTypeLike,
         lingrad.weight_grad(x, dy, relu_out=y, out=g.dw, accumulate=True)
         lingrad.bias_grad(dy)
         lingrad.bias_grad(dy, relu_out=y, out=g.db, accumulate=True)
+    lingrad.Linear(w, b).step(0.5)  # the SGD update (kernels/engine.py sgd)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

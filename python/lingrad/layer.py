@@ -29,9 +29,11 @@ from typing import Literal, Optional, Tuple, overload
 
 import numpy as np
 
+from . import kernels as K
 from .api import linear, linear_backward
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_EMPTY = {t: np.empty(0, t) for t in FLOATS}  # the flat b and db of a layer without a bias
 
 
 class Linear:
@@ -130,7 +132,24 @@ class Linear:
                                need_db=self.b is not None, out=(dx, self.dw, self.db)).dx
 
     def step(self, lr: float) -> None:
-        """One SGD step in place: w -= lr * dw, b -= lr * db."""
+        """One SGD step in place: w -= lr * dw, b -= lr * db (lr rounded to w's dtype).
+
+        One kernel call (kernels/engine.py sgd) when w, dw, b and db are contiguous arrays
+        of one dtype and their own shapes (as __init__ made them); numpy otherwise (a
+        Fortran-ordered w, or attributes replaced since)."""
+        w, dw, b, db = self.w, self.dw, self.b, self.db
+        no_bias = b is None and db is None
+        if (type(w) is np.ndarray and type(dw) is np.ndarray and w.dtype in FLOATS
+                and dw.dtype == w.dtype and dw.shape == w.shape
+                and w.flags.c_contiguous and w.flags.writeable and dw.flags.c_contiguous
+                and (no_bias or type(b) is np.ndarray and type(db) is np.ndarray
+                     and b.dtype == w.dtype and db.dtype == w.dtype and b.ndim == 1
+                     and b.shape == db.shape and b.flags.writeable and b.flags.c_contiguous
+                     and db.flags.c_contiguous)):
+            empty = _EMPTY[w.dtype]
+            K.engine.sgd(w.reshape(-1), dw.reshape(-1), empty if no_bias else b,
+                         empty if no_bias else db, w.dtype.type(lr))
+            return
         self.w -= lr * self.dw
         if self.b is not None:
             assert self.db is not None  # allocated with b, in __init__
