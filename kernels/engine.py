@@ -265,10 +265,13 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                         # two call sites of the out-of-line micro-kernel, for B read in
                         # place and for packed B (two buffers; an array chosen inside the
                         # loop would be reference-counted per tile); at each, a short tile
-                        # (m <= MR_SHORT) runs the MR_SHORT-row function
+                        # (m <= MR_SHORT) runs the MR_SHORT-row function, a single row the
+                        # one-row function
                         if bmode == IN_PLACE:
                             offs = (a_at, ars, acs, B[1] + (pc + kq) * B[2] + jr, B[2], co, ldc, jr)
-                            if m <= MR_SHORT:
+                            if m == 1:
+                                micro(abuf, B[0], cbuf, bias, offs, dk, fl, 1)
+                            elif m <= MR_SHORT:
                                 micro(abuf, B[0], cbuf, bias, offs, dk, fl, MR_SHORT)
                             else:
                                 micro(abuf, B[0], cbuf, bias, offs, dk, fl, MR)
@@ -276,7 +279,9 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                             b_at = ((jr // nr) * k1 * nr + (pc + kq) * nr if bmode == WHOLE else
                                     jr // nr * kc * nr + kq * nr)
                             offs = (a_at, ars, acs, b_at, nr, co, ldc, jr)
-                            if m <= MR_SHORT:
+                            if m == 1:
+                                micro(abuf, bp, cbuf, bias, offs, dk, fl, 1)
+                            elif m <= MR_SHORT:
                                 micro(abuf, bp, cbuf, bias, offs, dk, fl, MR_SHORT)
                             else:
                                 micro(abuf, bp, cbuf, bias, offs, dk, fl, MR)

@@ -28,18 +28,23 @@ def short_tile(a, b, c, bias, offs, dims, flags):
     micro(a, b, c, bias, offs, dims, flags, MR_SHORT)
 
 
+@njit
+def row_tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags, 1)  # engine.gemm_block's single-row tiles
+
+
 def lanes(dtype):
     return NV * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 @pytest.mark.parametrize("dtype,cdtype", [(np.float32, np.float32), (np.float64, np.float64),
                                           (np.float32, np.float64)], ids=["f32", "f64", "f32->f64"])
-@pytest.mark.parametrize("rows", ["MR", "MR_SHORT"])
+@pytest.mark.parametrize("rows", ["MR", "MR_SHORT", "1"])
 @pytest.mark.parametrize("m_off", [0, 1, -1], ids=["m=rows", "m=rows-1", "m=1"])
 @pytest.mark.parametrize("n_off", [0, 1, -1], ids=["n=NR", "n=NR-1", "n=1"])
 @pytest.mark.parametrize("a_layout", ["rows", "cols"])
 def test_contract(dtype, cdtype, rows, m_off, n_off, a_layout):
-    MR, tile_of = {"MR": (MR_, tile), "MR_SHORT": (MR_SHORT, short_tile)}[rows]
+    MR, tile_of = {"MR": (MR_, tile), "MR_SHORT": (MR_SHORT, short_tile), "1": (1, row_tile)}[rows]
     m = {0: MR, 1: MR - 1, -1: 1}[m_off]
     if m < 1:
         pytest.skip("a block of 1 row has no m = rows - 1")

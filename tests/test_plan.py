@@ -41,6 +41,7 @@ def plans_made():
                             y = lingrad.linear(order(x), order(w), relu=True)
                             lingrad.linear_backward(order(x), order(w), order(dy), relu_out=y)
                             lingrad.linear_backward(x, w, dy)
+                            lingrad.weight_grad(x, dy)  # dw without db or mask
     return made
 
 
@@ -58,6 +59,7 @@ def features(plan, itemsize):
          f"{plan.op} threads={'many' if plan.threads > 1 else 1}"}
     if plan.op == "dw":
         f.add(f"dw swap={plan.swap} scratch={plan.scratch}")
+        f.add(f"dw swap={plan.swap} pack_a={plan.pack_a}")
         f.add(f"dw swap={plan.swap} b_mode={plan.b_mode}")
     if plan.b_mode == E.AXPY:  # no tiles: rows of C, k = 0, 1 or 2
         f.add(f"{plan.op} axpy K={plan.K}")
@@ -77,6 +79,8 @@ def features(plan, itemsize):
         return f
     if plan.M and plan.M % K.MR:
         f.add(f"{plan.op} rows past the last whole micro-tile")
+    if plan.M % K.MR == 1 and plan.threads == 1:  # engine.gemm_block's one-row micro-kernel
+        f.add(f"{plan.op} a one-row tile")
     if plan.N and plan.N % nr:
         f.add(f"{plan.op} an edge tile (n < NR)")
     if plan.K > kc:
@@ -94,7 +98,9 @@ REQUIRED = (
      "dw b_mode=IN_PLACE", "dw b_mode=BLOCK", f"dw swap=True b_mode={E.BLOCK}",
      f"dw swap=True b_mode={E.IN_PLACE}", f"dw swap=False b_mode={E.BLOCK}",
      f"dw swap=False b_mode={E.IN_PLACE}", "dw masked=1", "dw masked=2", "dw several KC blocks",
-     "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT"]
+     "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT",
+     "dw swap=True pack_a=True", "dw swap=True pack_a=False", "forward a one-row tile",
+     "dx a one-row tile", "dw a one-row tile"]
     + [f"{op} axpy K={k}" for op in ("forward", "dx", "dw") for k in (1, 2)] + ["forward axpy K=0"]
     + [f"dx axpy masked K={k}" for k in (1, 2)]
     + [f"{op} dot: {edge}" for op in ("forward", "dx")

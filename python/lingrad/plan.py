@@ -66,11 +66,16 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
     kc = max(1, Kdim) if Kdim <= K.KC_MAX else K.KC_BLOCK
     if op == "dw" and Kdim > K.DW_DIRECT_ROWS:
         # a long batch is split over threads, each into its own float64 partial of dw.T:
-        # dw.T = d.T @ x, d.T packed with the mask (db summed there), x read in place along I
+        # dw.T = d.T @ x, d.T packed with the mask (db summed there), x read in place along I.
+        # A d.T of at most MR rows (one micro-panel) without mask or db is read in place: a
+        # row of d per k either way, and packing one narrow panel costs more than it saves
+        # (Zen 5, 1 thread, float32 dw, packed / in place, us: 50000 x 50 -> 1 287-315 /
+        # 169-205, 50000 x 50 -> 4 352-426 / 216-224; wider d.T measured no better in place)
         T = min(threads, max(1, Kdim // K.KC_DW)) if work >= K.SERIAL_WORK else 1
         kf = K.KF if itemsize < 8 else K.KC_DW
         b_mode = E.BLOCK if (M * itemsize) % K.X_ALIASED_BYTES == 0 else E.IN_PLACE
-        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), True, b_mode,
+        pack = bool(masked or want_db or N > K.MR)
+        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), pack, b_mode,
                     E.MASK_A if masked else 0, want_db, True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
     if Kdim <= K.AXPY_MAX_K and (not masked or op == "dx"):
