@@ -411,14 +411,16 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
     if e.dw is not None:
         g = e.dw
         plan = e.plans.dw
-        if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials, db summed while packing d.T
+        if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials (db summed while packing d.T, if the plan fuses it)
             if e.plans.copy_x:  # x is read in place along I
                 X = view(np.ascontiguousarray(as_rows(x, e.I)))
             acc = np.empty((plan.threads, e.I * e.O))
-            db_acc = np.zeros((plan.threads, e.O if e.need_db else 0))
+            part = np.zeros((plan.threads, e.O if plan.want_db else 0))
             _gemm(g, (D[0], D[1], D[3], D[2]), X, (acc.reshape(-1), 0, e.I), (Y[0], Y[1], Y[3], Y[2]),
-                  db=db_acc)
+                  db=part)
             _merge(acc, dw, True, e.accumulate, e.merge_dw)
+            if plan.want_db:
+                db_acc = part
         elif plan.scratch:  # dw = x.T @ d, float64 sums, rounded once
             acc = np.empty((1, e.I * e.O))
             _gemm(g, (X[0], X[1], X[3], X[2]), D, (acc.reshape(-1), 0, e.O), Y)

@@ -67,16 +67,17 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
     if op == "dw" and Kdim > K.DW_DIRECT_ROWS:
         # a long batch is split over threads, each into its own float64 partial of dw.T:
         # dw.T = d.T @ x, d.T packed with the mask (db summed there), x read in place along I.
-        # A d.T of at most MR rows (one micro-panel) without mask or db is read in place: a
-        # row of d per k either way, and packing one narrow panel costs more than it saves
-        # (Zen 5, 1 thread, float32 dw, packed / in place, us: 50000 x 50 -> 1 287-315 /
-        # 169-205, 50000 x 50 -> 4 352-426 / 216-224; wider d.T measured no better in place)
+        # An unmasked d.T of at most MR rows (one micro-panel) is read in place, and its db
+        # summed alone (colsum, short rows as one run): a row of d per k either way, and
+        # packing one narrow panel costs more than it saves (Zen 5, 1 thread, float32 dw,
+        # packed / in place, us: 50000 x 50 -> 1 287-315 / 169-205, 50000 x 50 -> 4 352-426
+        # / 216-224; wider d.T measured no better in place; db alone of 50000 x 1: 4 us)
         T = min(threads, max(1, Kdim // K.KC_DW)) if work >= K.SERIAL_WORK else 1
         kf = K.KF if itemsize < 8 else K.KC_DW
         b_mode = E.BLOCK if (M * itemsize) % K.X_ALIASED_BYTES == 0 else E.IN_PLACE
-        pack = bool(masked or want_db or N > K.MR)
+        pack = bool(masked or N > K.MR)
         return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), pack, b_mode,
-                    E.MASK_A if masked else 0, want_db, True, True)
+                    E.MASK_A if masked else 0, bool(want_db and pack), True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
     if Kdim <= K.AXPY_MAX_K and (not masked or op == "dx"):
         # a summed axis of a value or two (an outer product): each row of C is a few
@@ -208,7 +209,7 @@ def call_plans(N: int, I: int, O: int, itemsize: int, threads_in_force: int, *,
     if need_dw:  # dw = x.T @ d: A is x.T, contiguous along k (the batch) when x's rows are
         assert x is not None and d is not None
         dw = gemm("dw", I, N, O, itemsize, x[0] == 1, d[1] == 1, masked, need_db, T)
-    fused = dw is not None and dw.swap
+    fused = dw is not None and dw.want_db
     db_threads = reduction(N, O, T) if need_db and not fused else 0
-    copy_x = fused and x is not None and x[1] != 1
+    copy_x = dw is not None and dw.swap and x is not None and x[1] != 1
     return Calls(None, dx, dw, db_threads, copy_x)
