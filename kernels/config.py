@@ -93,7 +93,7 @@ DOT_MAX_ROWS = 4
 # axpy / micro-kernel path, us: 50000x1x50 179 / 718, 10000x1x256 143 / 468, 10000x2x256
 # 298 / 509, 10000x4x256 513 / 559, 10000x10x256 1683 / 679; 784x1x50 (dw of a batch of
 # one) 4 / 16.
-AXPY_MAX_K = 2
+AXPY_MAX_K = 2  # at most 2: axpy_block computes each row of C as two scaled rows of B
 # Blocks of the forward and dx (C's rows are the batch). A summed axis up to
 # KC_MAX long is taken whole: each tile of C is then stored once, and the rows
 # of x it reads stay in L1 while the panels of B go by. Longer ones are cut into

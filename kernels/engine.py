@@ -358,43 +358,52 @@ def dot_rows(abuf, aoff, ars, bbuf, boff, rsb, cbuf, coff, ldc, bias, j0, m0, m1
 @njit(**INLINE)
 def axpy_block(A, B, C, Y, bias, m0, m1, K, N, relu, accumulate, masked):
     """C[m0:m1] (+)= d[m0:m1] @ B (+ bias) (then ReLU) for a summed axis of a few values
-    (K at most config.AXPY_MAX_K): each row of C is K rows of B scaled by d[m, k] and
-    added up in place, one pass along the row per k, vectorised along N (BLIS's axpyf).
-    d = A, or where(Y > 0, A, 0) when masked (the ReLU mask of dx; Y has A's shape).
+    (K at most config.AXPY_MAX_K = 2): each row of C is d[m, 0] * B[0] + d[m, 1] * B[1]
+    (+ bias) (+ C), computed whole in one pass along the row, vectorised along N (BLIS's
+    axpyf). d = A, or where(Y > 0, A, 0) when masked (the ReLU mask of dx; Y has A's shape).
 
-    A (M x K) and Y views of any strides (one scalar per (m, k)); B (K x N) a view, read
-    in place when its rows are contiguous, else copied first (K * N values); C = (buf,
-    off, ldc). The first k overwrites C (never read) unless accumulate. An outer product
-    (K = 1: dx of a layer with one output, dw of a batch of one) is then a write of C at
-    the speed of a fill, where the micro-kernel would run a whole call per MR x NR tile
-    for one k. Serial. numpy: C[m0:m1] (+)= d[m0:m1] @ B (+ bias).
+    A (M x K) and Y views of any strides (one scalar per (m, k)); B (K x N) a view; C =
+    (buf, off, ldc). B's rows and the bias are first copied into two rows and a row of a
+    buffer of this call's own (zeros for rows past K and for no bias), which C cannot
+    overlap: the row loop then needs no run-time alias check, nor a branch per term.
+    C is read only when accumulate. An outer product (K = 1: dx of a layer with one
+    output, dw of a batch of one) is then a write of C at about the speed of a fill, where
+    the micro-kernel would run a whole call per MR x NR tile for one k. (One pass per k
+    with a separate pass for the bias and the ReLU: 50000 x 1 -> 50 float32, 1 thread,
+    346 us on Zen 5, where a plain loop of the same products took 138-250.) Serial.
+    numpy: C[m0:m1] (+)= d[m0:m1] @ B (+ bias).
     """
-    bbuf, boff, brs = unit_rows(B, K, N)
     abuf, aoff, ars, acs = A
     cbuf, coff, ldc = C
+    rows = np.zeros((3, N), cbuf.dtype)  # B[0], B[1], the bias
+    for k in range(K):
+        for j in range(N):
+            rows[k, j] = B[0][B[1] + k * B[2] + j * B[3]]
+    if bias.size > 0:
+        rows[2, :] = bias[:N]
+    b0, b1, bz = rows[0], rows[1], rows[2]
+    plain = K == 1 and bias.size == 0 and not accumulate and not relu
     zero = abuf.dtype.type(0)
     for m in range(m0, m1):
-        row = cbuf[coff + m * ldc:][:N]
-        if K == 0 and not accumulate:
-            row[:] = 0.0
+        a0 = a1 = zero
         for k in range(K):
             a = abuf[aoff + m * ars + k * acs]
             if masked:  # exactly 0 where the unit was off, NaN in dy included
                 a = a if Y[0][Y[1] + m * Y[2] + k * Y[3]] > 0 else zero
-            b = bbuf[boff + k * brs:][:N]
-            if k == 0 and not accumulate:
-                for j in range(N):
-                    row[j] = a * b[j]
+            if k == 0:
+                a0 = a
             else:
-                for j in range(N):
-                    row[j] += a * b[j]
-        if bias.size > 0:
+                a1 = a
+        row = cbuf[coff + m * ldc:][:N]
+        if plain:  # the outer product alone: a load, a product and a store per value
             for j in range(N):
-                row[j] += bias[j]
-        if relu:  # as np.maximum(v, 0): NaN kept
+                row[j] = a0 * b0[j]
+        else:
             for j in range(N):
-                v = row[j]
-                row[j] = v if v > 0 or v != v else 0.0
+                v = a0 * b0[j] + a1 * b1[j] + bz[j]
+                if accumulate:
+                    v += row[j]
+                row[j] = v if not relu or v > 0 or v != v else 0.0  # ReLU as np.maximum(v, 0)
 
 
 @njit(**JIT)
