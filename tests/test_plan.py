@@ -68,6 +68,8 @@ def features(plan, itemsize):
         return f
     if plan.b_mode == E.DOT:  # the dot kernel's edges instead of the micro-kernel's
         f.add(f"{plan.op} dot threads={'many' if plan.threads > 1 else 1}")
+        if plan.masked:
+            f.add(f"{plan.op} dot masked")
         if plan.N % K.DOT_COLS:
             f.add(f"{plan.op} dot: a last group narrower than DOT_COLS")
         if plan.M % K.DOT_ACC:
@@ -100,7 +102,7 @@ REQUIRED = (
      f"dw swap=False b_mode={E.IN_PLACE}", "dw masked=1", "dw masked=2", "dw several KC blocks",
      "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT",
      "dw swap=True pack_a=True", "dw swap=True pack_a=False", "forward a one-row tile",
-     "dx a one-row tile", "dw a one-row tile"]
+     "dx a one-row tile", "dw a one-row tile", "dx dot masked"]
     + [f"{op} axpy K={k}" for op in ("forward", "dx", "dw") for k in (1, 2)] + ["forward axpy K=0"]
     + [f"dx axpy masked K={k}" for k in (1, 2)]
     + [f"{op} dot: {edge}" for op in ("forward", "dx")

@@ -92,7 +92,8 @@ def _path(plan: P.Plan) -> str:
                 f"of the output is {plan.K} scaled row(s) of B, written in one pass per k")
     if plan.b_mode == E.DOT:
         return (f"{plan.N} output column(s): each output one dot product along k (the dot "
-                f"kernel), nothing packed")
+                f"kernel), " + ("d copied masked a block of rows at a time" if plan.masked else
+                                "nothing packed"))
     if plan.op == "dw":
         if plan.swap:
             return (f"long batch (N = {plan.K} > DW_DIRECT_ROWS = {K.DW_DIRECT_ROWS}): dw.T = d.T @ x "
@@ -141,7 +142,10 @@ def describe(fwd: P.Calls, bwd: P.Calls, N: int, I: int, O: int, dtype: "npt.DTy
         lines.append(_indent(P.explain(plan)))
         fus = []
         if plan.masked:
-            fus.append("the ReLU mask applied while d is packed (no masked copy of dy)")
+            fus.append("the ReLU mask applied while d is packed (no masked copy of dy)"
+                       if plan.b_mode != K.engine.DOT else
+                       "the ReLU mask applied while a block of d is copied (no masked copy of "
+                       "all of dy)")
         if plan.want_db:
             fus.append("db summed while d.T is packed (no second pass over dy)")
         lines.append("  fusions: " + ("; ".join(fus) if fus else "none"))

@@ -93,13 +93,15 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         return Plan(op, M, Kdim, N, T, 0, (K.MC, kc, K.KF if scratch else kc), False, b_mode,
                     E.MASK_B if masked else 0, False, False, scratch)
     narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize)
-    if a_unit_k and not masked and (narrow or not b_unit_n and M <= K.DOT_MAX_ROWS):
+    if (narrow and (a_unit_k or masked)
+            or a_unit_k and not masked and not b_unit_n and M <= K.DOT_MAX_ROWS):
         # few output columns, or a short batch whose B would be packed whole (B.T's rows,
         # w of a dx, are contiguous): each output one dot product along k (the dot
-        # kernel), A and B.T read by rows, rows of C over threads
+        # kernel), A and B.T read by rows, rows of C over threads; a masked d (dx's ReLU
+        # mask) is copied masked, a block of rows at a time, whatever its layout
         T = min(threads, max(1, M // K.DOT_ACC)) if work >= K.SERIAL_WORK else 1
-        return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim), False, E.DOT, 0, False,
-                    False, False)
+        return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim), False, E.DOT,
+                    E.MASK_A if masked else 0, False, False, False)
     pack_a = masked or not a_unit_k
     mc = K.MC_PACKED if pack_a else K.MC
     b_mode = E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE
@@ -136,7 +138,12 @@ def explain(plan: Plan) -> str:
                      f"{'narrow' if plan.b_mode in (E.DOT, E.AXPY) else 'gemm'} (prange) -> {chain}")
     mask_a = ("" if plan.masked != E.MASK_A else ", ReLU mask applied to each value as it is read"
               if plan.b_mode == E.AXPY else ", ReLU mask applied while packing")
-    lines.append(f"  A: {'packed MC x KC at a time into MR-row panels (engine.pack_a)' if plan.pack_a else 'read in place'}"
+    a_read = ("packed MC x KC at a time into MR-row panels (engine.pack_a)" if plan.pack_a else
+              f"copied with the ReLU mask, {K.DOT_ACC} rows at a time (engine.masked_rows)"
+              if plan.b_mode == E.DOT and plan.masked else "read in place")
+    if plan.b_mode == E.DOT:
+        mask_a = ""
+    lines.append(f"  A: {a_read}"
                  f"{mask_a}"
                  f"{', db summed while packing' if plan.want_db else ''}")
     lines.append("  B: " + {E.WHOLE: "packed whole, once per call, into NR-column panels (engine.pack_whole_b)",
