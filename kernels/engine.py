@@ -329,9 +329,9 @@ def dot_block(A, B, C, Y, bias, m0, m1, K, N, relu, masked):
 
     A (M x K) a view with unit column stride, read in place; when masked, a view of any
     strides, each block of DOT_ACC rows of d copied first (masked_rows) into a buffer of
-    DOT_ACC * K values that every column group then reads from L1 (the micro-kernel on
-    12 x 32 tiles of a dx with 1 to 16 columns ran 4 to 15 times slower than this path
-    unmasked: 50000 x 1 -> 50 float32, 1 thread, 3459 against 223 us). B (K x N) a view, read in
+    DOT_ACC * K values that every column group then reads from L1 (a masked dx with 1 to 10
+    columns on 12 x 32 micro-kernel tiles ran 8 to 15 times slower than this path unmasked;
+    50000 x 1 -> 50 float32, 1 thread: 3459 us, now 1733, unmasked 223). B (K x N) a view, read in
     place when its columns are contiguous (w.T of a C-order w, w of one column), else
     copied first into a contiguous B.T (N x K values); C =
     (buf, off, ldc) of A's dtype. DOT_ACC rows of A at a time, read from L1 by every group

@@ -411,7 +411,8 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
     if e.dw is not None:
         g = e.dw
         plan = e.plans.dw
-        if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials (db summed while packing d.T, if the plan fuses it)
+        if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials (db summed while
+            # packing d.T, when the plan fuses it)
             if e.plans.copy_x:  # x is read in place along I
                 X = view(np.ascontiguousarray(as_rows(x, e.I)))
             acc = np.empty((plan.threads, e.I * e.O))
