@@ -109,6 +109,12 @@ MC_PACKED = 12
 # Blocks of dw: KC_DW rows of the batch by MC_DW outputs of d.T per packed block.
 KC_DW = 256
 MC_DW = 96
+# The long-batch dw splits the batch over threads in shares of at least DW_SPLIT_ROWS rows
+# (a float64 partial of dw per thread, added up afterwards). Zen 5, 2026-12-04, 2 threads,
+# linear_backward(relu_out=, need_dx=False) of 784 -> 50 float32, us, shares of at least
+# KC_DW = 256 / 128 rows: N = 256 153-161 / 100-132, 384 199-270 / 151-166, 511 272-316 /
+# 171-189, 1024 345-361 / 345-363.
+DW_SPLIT_ROWS = 128
 # dw reads x in place, unless its rows are a multiple of this many bytes apart: they would
 # all fall in the same L1 sets, so x is packed per block (Zen 3, 2048^3 dw: 0.36x -> 0.55x
 # numpy).

@@ -182,7 +182,7 @@ ALL_THREADS = numba.config.NUMBA_NUM_THREADS
 def parallel_problems(draw):
     """(dtype, batch shape, I, O, seed) with enough work for the parallel kernels
     (N * I * O >= SERIAL_WORK) and at least 2 * MR rows, so that the forward and dx split
-    rows between threads; dw splits the batch only from 2 * KC_DW rows, which the larger
+    rows between threads; dw splits the batch only from 2 * DW_SPLIT_ROWS rows, which the larger
     draws reach."""
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     I, O = draw(st.integers(16, 48)), draw(st.integers(16, 48))

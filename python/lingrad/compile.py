@@ -36,7 +36,7 @@ NOT_NOTICED = ("lingrad.kernels.ladder",)
 
 # Shapes for the warm-up: (N, I, O) for x (N, I), w (I, O). Which kernels a call runs
 # is lingrad.plan's choice (serial below SERIAL_WORK multiply-adds; the forward and dx
-# parallel over rows of C; dw over the batch, on a second thread only from 2 * KC_DW
+# parallel over rows of C; dw over the batch, on a second thread only from 2 * DW_SPLIT_ROWS
 # rows; db alone on a second thread only from 2 * REDUCE_ROWS rows); the engine compiles
 # one copy of each kernel per dtype (and per dtype of C), whatever the layout.
 # tests/test_compile.py checks that once these are warm, calls on other shapes, layouts

@@ -72,7 +72,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         # packing one narrow panel costs more than it saves (Zen 5, 1 thread, float32 dw,
         # packed / in place, us: 50000 x 50 -> 1 287-315 / 169-205, 50000 x 50 -> 4 352-426
         # / 216-224; wider d.T measured no better in place; db alone of 50000 x 1: 4 us)
-        T = min(threads, max(1, Kdim // K.KC_DW)) if work >= K.SERIAL_WORK else 1
+        T = min(threads, max(1, Kdim // K.DW_SPLIT_ROWS)) if work >= K.SERIAL_WORK else 1
         kf = K.KF if itemsize < 8 else K.KC_DW
         b_mode = E.BLOCK if (M * itemsize) % K.X_ALIASED_BYTES == 0 else E.IN_PLACE
         pack = bool(masked or N > K.MR)
