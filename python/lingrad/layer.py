@@ -30,10 +30,9 @@ from typing import Literal, Optional, Tuple, overload
 import numpy as np
 
 from . import kernels as K
-from .api import linear, linear_backward
+from .api import _EMPTY, linear, linear_backward
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_EMPTY = {t: np.empty(0, t) for t in FLOATS}  # the flat b and db of a layer without a bias
 
 
 class Linear:
@@ -146,7 +145,7 @@ class Linear:
                      and b.dtype == w.dtype and db.dtype == w.dtype and b.ndim == 1
                      and b.shape == db.shape and b.flags.writeable and b.flags.c_contiguous
                      and db.flags.c_contiguous)):
-            empty = _EMPTY[w.dtype]
+            empty = _EMPTY[w.dtype][0]  # the flat b and db of a layer without a bias
             K.engine.sgd(w.reshape(-1), dw.reshape(-1), empty if no_bias else b,
                          empty if no_bias else db, w.dtype.type(lr))
             return
