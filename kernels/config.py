@@ -57,6 +57,27 @@ MR = 6 if VECTOR_BYTES == 32 else 12
 # float32 6.2 -> 5.0 us).
 MR_SHORT = 4
 NV = 2
+# The wide register block: MR_WIDE rows by NV_WIDE vectors (6 x 64 float32 columns with
+# AVX-512, the same 24 accumulators), half the broadcasts of A per FMA. The plan
+# (plan.wide_tile) runs a product on it when it fills at least WIDE_FILL times the share of
+# its columns that the MR x NV block fills (50 columns fill 50/64 of either, 24 fill 24/64
+# of the wide one and 24/32 of the other), and, where C is written in place (the forward,
+# dx, the short-batch dw), when the sum is at least WIDE_MIN_K long; the long-batch dw, whose
+# float32 sums go into float64 partials, gains at any length. Zen 4 (AVX-512 on 256-bit
+# units, 2026-12-06), 1 thread, float32, numpy's 2048^3 at 102-105 GFLOP/s in the same runs,
+# 12 x 2 / 6 x 4 GFLOP/s (alternating processes; the ranges are 2-4 runs):
+#   2048^3 forward 92 / 104-107, dx 93 / 103-106, dw 75 / 79-83
+#   long-batch dw of 50000 x 784 -> 50 48-54 / 65-71; 4096 x 784 -> 24 33-37 / 72-76,
+#   -> 32 35-45 / 58-75, -> 40 45-48 / 68-78, -> 64 53-55 / 72-74, -> 100 62-63 / 58-74
+#   forward of 4096 x 24 -> 784 (K = 24) 71-78 / 55-60, 4096 x 100 -> 784 89-93 / 81-87,
+#   dx of 4096 x 784 -> 100 (K = 100) 89-94 / 81-84, -> 64 86-90 / 78-84 (short sums:
+#   the 12 x 2 block is faster); forward 4096 x 784 -> 64 and -> 100 (K = 784): equal
+#   with the wide block's idle columns: forward of 4096 x 784 -> 24 78 / 40, -> 32 104 / 53
+# AVX2 has 16 registers: no wide block (MR_WIDE x NV_WIDE is MR x NV).
+MR_WIDE = MR if VECTOR_BYTES == 32 else 6
+NV_WIDE = NV if VECTOR_BYTES == 32 else 4
+WIDE_FILL = 0.85
+WIDE_MIN_K = 512
 # The micro-kernel prefetches the row of B PREFETCH values of k ahead. AVX-512 Xeon,
 # 2026-12-03, 1 thread, against numpy in the same run (none / 8 / 16 / 32 ahead):
 # 2048^3 forward 0.71-0.75x / 0.78x / 0.83x / 0.82x, dx 0.62-0.74x / 0.76x / 0.82x / 0.86x;

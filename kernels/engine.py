@@ -24,8 +24,8 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .config import (COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_SHORT, NV, PJIT,
-                     VECTOR_BYTES)
+from .config import (COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_SHORT, MR_WIDE, NV,
+                     NV_WIDE, PJIT, VECTOR_BYTES)
 from .micro import dot, micro, transpose_tile
 
 
@@ -36,9 +36,12 @@ MASK_A, MASK_B = 1, 2  # the operand the ReLU mask applies to (0: none)
 
 
 @njit(**JIT)
-def lanes(a):
-    """NR, the micro-kernel's columns for a's dtype: NV vectors of VECTOR_BYTES."""
-    return NV * (VECTOR_BYTES // a.itemsize)
+def tile_shape(a, wide):
+    """(MR, NR) of the micro-kernel's register block for a's dtype: MR rows by NV vectors of
+    VECTOR_BYTES, or with wide the MR_WIDE x NV_WIDE block (the plan's choice, per product)."""
+    if wide:
+        return MR_WIDE, NV_WIDE * (VECTOR_BYTES // a.itemsize)
+    return MR, NV * (VECTOR_BYTES // a.itemsize)
 
 
 @njit(**JIT)
@@ -51,28 +54,28 @@ def value(V, Y, masked, r, c):
 
 
 @njit(**JIT)
-def pack_a(A, Y, masked, m0, mc, k0, kc, dst, db, want_db):
-    """dst[(r // MR) * kc * MR + k * MR + r % MR] = A[m0 + r, k0 + k] (masked), r < mc, k < kc.
+def pack_a(A, Y, masked, m0, mc, k0, kc, mr, dst, db, want_db):
+    """dst[(r // mr) * kc * mr + k * mr + r % mr] = A[m0 + r, k0 + k] (masked), r < mc, k < kc.
 
-    MR-row micro-panels, k-major: the micro-kernel reads each as a view with
-    row stride 1 and column stride MR. Rows past mc in the last panel are left
+    mr-row micro-panels (mr: the tile's MR), k-major: the micro-kernel reads each as a
+    view with row stride 1 and column stride mr. Rows past mc in the last panel are left
     as they are (the micro-kernel reads row 0 instead). With want_db,
     db[m0 + r] += every packed value, in float64: for dw, A is d.T, so db =
     d.sum(0) costs one add per value that is packed anyway (oneDNN's
     diff_bias). The loops run along A's contiguous axis; a whole panel of d.T from a
     C-order d by pack_dt_panel. Serial.
     """
-    for p0 in range(0, mc, MR):
-        base = (p0 // MR) * kc * MR
-        rows = min(MR, mc - p0)
+    for p0 in range(0, mc, mr):
+        base = (p0 // mr) * kc * mr
+        rows = min(mr, mc - p0)
         if A[2] == 1 and (not masked or Y[2] == 1):  # d.T of a C-order d (and mask)
-            pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, dst[base: base + kc * MR], db,
+            pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, mr, dst[base: base + kc * mr], db,
                           want_db)
-        elif A[2] <= A[3]:  # A's rows are the short stride (d.T): MR values per k
+        elif A[2] <= A[3]:  # A's rows are the short stride (d.T): mr values per k
             for k in range(kc):
                 for r in range(rows):
                     v = value(A, Y, masked, m0 + p0 + r, k0 + k)
-                    dst[base + k * MR + r] = v
+                    dst[base + k * mr + r] = v
                     if want_db:
                         db[m0 + p0 + r] += v
         else:
@@ -80,62 +83,63 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, dst, db, want_db):
                 s = 0.0
                 for k in range(kc):
                     v = value(A, Y, masked, m0 + p0 + r, k0 + k)
-                    dst[base + k * MR + r] = v
+                    dst[base + k * mr + r] = v
                     s += v
                 if want_db:
                     db[m0 + p0 + r] += s
 
 
 @njit(**JIT)
-def pack_dt_panel(A, Y, masked, m, rows, k0, kc, out, db, want_db):
-    """out[k * MR + r] = A[m + r, k0 + k] (masked), r < rows <= MR, k < kc: pack_a's panel of
+def pack_dt_panel(A, Y, masked, m, rows, k0, kc, mr, out, db, want_db):
+    """out[k * mr + r] = A[m + r, k0 + k] (masked), r < rows <= mr, k < kc: pack_a's panel of
     d.T from a C-order d (A's row stride 1); db[m + r] += each value when want_db. Serial.
 
     rows adjacent values per k, copied as slices (pack_dt_rows); for a whole panel the
-    length is the constant MR, so LLVM unrolls the copy. Each flag is tested outside the
+    length and stride are the constant MR or MR_WIDE, so LLVM unrolls the copy. Each flag is tested outside the
     loops; db is summed from the packed panel (in L1) in a second pass, by colsum_quads.
     With the flags
     tested inside the k loop, 30000 x 96 float32 took 6.1 ms to pack on Zen 5, so, 0.6 ms
     (1 thread, dw of 30000 x 32 -> 96); masked, 50000 x 48: 10.8 ms with the ReLU's
     choice a branch, 2.3 ms as a select, 5.3 ms with a variable length for whole panels.
     """
-    if rows == MR:
-        pack_dt_rows(A, Y, masked, m, MR, k0, kc, out)
+    if rows == MR and mr == MR:
+        pack_dt_rows(A, Y, masked, m, MR, k0, kc, MR, out)
+    elif rows == MR_WIDE and mr == MR_WIDE:
+        pack_dt_rows(A, Y, masked, m, MR_WIDE, k0, kc, MR_WIDE, out)
     else:
-        pack_dt_rows(A, Y, masked, m, rows, k0, kc, out)
-    if want_db:  # the packed panel is a C-order (kc, MR) matrix: db's piece is its colsum
-        colsum_quads(out, 0, MR, 0, kc, db[m: m + rows])
+        pack_dt_rows(A, Y, masked, m, rows, k0, kc, mr, out)
+    if want_db:  # the packed panel is a C-order (kc, mr) matrix: db's piece is its colsum
+        colsum_quads(out, 0, mr, 0, kc, db[m: m + rows])
 
 
 @njit(**JIT)
-def pack_dt_rows(A, Y, masked, m, width, k0, kc, out):
-    """pack_dt_panel's copy: out[k * MR + r] = A[m + r, k0 + k] (masked), r < width."""
+def pack_dt_rows(A, Y, masked, m, width, k0, kc, mr, out):
+    """pack_dt_panel's copy: out[k * mr + r] = A[m + r, k0 + k] (masked), r < width."""
     buf, off, cs = A[0], A[1], A[3]
     if masked:
         for k in range(kc):
             src = buf[off + m + (k0 + k) * cs:][:width]
             on = Y[0][Y[1] + m + (k0 + k) * Y[3]:][:width]
-            dst = out[k * MR: k * MR + width]
+            dst = out[k * mr: k * mr + width]
             for r in range(width):
                 v = src[r]  # loaded either way, so the choice is a select, not a branch
                 dst[r] = v if on[r] > 0 else 0.0
     else:
         for k in range(kc):
             src = buf[off + m + (k0 + k) * cs:][:width]
-            dst = out[k * MR: k * MR + width]
+            dst = out[k * mr: k * mr + width]
             for r in range(width):
                 dst[r] = src[r]
 
 
 @njit(**JIT)
-def pack_b(B, Y, masked, k0, kc, n0, nc, ldp, dst):
-    """dst[(p // NR) * ldp + k * NR + p % NR] = B[k0 + k, n0 + p] (masked by Y), zero-padded
+def pack_b(B, Y, masked, k0, kc, n0, nc, nr, ldp, dst):
+    """dst[(p // nr) * ldp + k * nr + p % nr] = B[k0 + k, n0 + p] (masked by Y), zero-padded
     to whole panels.
 
-    NR-column micro-panels, k-major, ldp values apart; the loops run along
-    B's contiguous axis. Serial.
+    nr-column micro-panels (nr: the tile's NR), k-major, ldp values apart; the loops run
+    along B's contiguous axis. Serial.
     """
-    nr = lanes(dst)
     for p0 in range(0, nc, nr):
         base = (p0 // nr) * ldp
         cols = min(nr, nc - p0)
@@ -197,21 +201,20 @@ def run(typingctx, task, t, args, T):
 
 
 @njit(**JIT)
-def pack_panels(t, B, K, N, dst, T):
-    """Share t of T of packing all of B (K x N) into dst, panel by panel (K * NR values each)."""
-    nr = lanes(dst)
+def pack_panels(t, B, K, N, nr, dst, T):
+    """Share t of T of packing all of B (K x N) into dst, panel by panel (K * nr values each)."""
     panels = (N + nr - 1) // nr
     for p in range(t * panels // T, (t + 1) * panels // T):
-        pack_b(B, B, np.bool_(False), np.int64(0), K, p * nr, min(nr, N - p * nr), K * nr,
+        pack_b(B, B, np.bool_(False), np.int64(0), K, p * nr, min(nr, N - p * nr), nr, K * nr,
                dst[p * K * nr:])
 
 
 @njit(**PJIT)
-def pack_whole_b(task, B, K, N, dst, T):
+def pack_whole_b(task, B, K, N, nr, dst, T):
     """All of B packed into dst on T threads, each owning its own panels (race-free):
     pack_panels, whose address is task (see run)."""
     for t in prange(T):
-        run(task, np.int64(t), (B, K, N, dst), T)
+        run(task, np.int64(t), (B, K, N, nr, dst), T)
 
 
 @njit(**INLINE)
@@ -234,26 +237,26 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     Loops: pc (KC), ic (MC), jr (NR), ir (MR), then KF chunks. Serial.
     """
     m0, m1, k0, k1, N = dims
-    MC, KC, KF = blocks
+    MC, KC, KF, wide = blocks
     pack, masked, bmode, relu, want_db, accumulate = flags
-    nr = lanes(ap)
+    mr, nr = tile_shape(ap, wide)
     abuf = ap if pack else A[0]
     cbuf, coff, ldc = C
     for pc in range(k0, max(k1, k0 + 1), KC):  # an empty k range still writes C = bias
         kc = min(KC, k1 - pc)
         last = pc + KC >= k1
         if bmode == BLOCK:
-            pack_b(B, Y, masked == MASK_B, pc, kc, np.int64(0), N, kc * nr, bp)
+            pack_b(B, Y, masked == MASK_B, pc, kc, np.int64(0), N, nr, kc * nr, bp)
         for ic in range(m0, m1, MC):
             mc = min(MC, m1 - ic)
             if pack:
-                pack_a(A, Y, masked == MASK_A, ic, mc, pc, kc, ap, db, want_db)
+                pack_a(A, Y, masked == MASK_A, ic, mc, pc, kc, mr, ap, db, want_db)
             for jr in range(0, N, nr):
                 n = min(nr, N - jr)
-                for ir in range(0, mc, MR):
-                    m = min(MR, mc - ir)
+                for ir in range(0, mc, mr):
+                    m = min(mr, mc - ir)
                     if pack:
-                        ao, ars, acs = (ir // MR) * kc * MR, 1, MR
+                        ao, ars, acs = (ir // mr) * kc * mr, 1, mr
                     else:
                         ao, ars, acs = A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3]
                     co = coff + (ic + ir) * ldc + jr
@@ -262,29 +265,39 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                         dk = (min(KF, kc - kq), m, n)
                         fl = (accumulate or pc > k0 or kq > 0, end and bias.size > 0, relu and end)
                         a_at = ao + kq * acs
-                        # two call sites of the out-of-line micro-kernel, for B read in
-                        # place and for packed B (two buffers; an array chosen inside the
-                        # loop would be reference-counted per tile); at each, a short tile
-                        # (m <= MR_SHORT) runs the MR_SHORT-row function, a single row the
-                        # one-row function
+                        # two call sites, for B read in place and for packed B (two
+                        # buffers; an array chosen inside the loop would be
+                        # reference-counted per tile)
                         if bmode == IN_PLACE:
                             offs = (a_at, ars, acs, B[1] + (pc + kq) * B[2] + jr, B[2], co, ldc, jr)
-                            if m == 1:
-                                micro(abuf, B[0], cbuf, bias, offs, dk, fl, 1)
-                            elif m <= MR_SHORT:
-                                micro(abuf, B[0], cbuf, bias, offs, dk, fl, MR_SHORT)
-                            else:
-                                micro(abuf, B[0], cbuf, bias, offs, dk, fl, MR)
+                            micro_tile(abuf, B[0], cbuf, bias, offs, dk, fl, wide)
                         else:
                             b_at = ((jr // nr) * k1 * nr + (pc + kq) * nr if bmode == WHOLE else
                                     jr // nr * kc * nr + kq * nr)
                             offs = (a_at, ars, acs, b_at, nr, co, ldc, jr)
-                            if m == 1:
-                                micro(abuf, bp, cbuf, bias, offs, dk, fl, 1)
-                            elif m <= MR_SHORT:
-                                micro(abuf, bp, cbuf, bias, offs, dk, fl, MR_SHORT)
-                            else:
-                                micro(abuf, bp, cbuf, bias, offs, dk, fl, MR)
+                            micro_tile(abuf, bp, cbuf, bias, offs, dk, fl, wide)
+
+
+@njit(**INLINE)
+def micro_tile(a, b, c, bias, offs, dims, flags, wide):
+    """One micro-kernel call (micro.micro, out of line) on a tile of dims[1] rows: the copy
+    compiled for the tile's shape, MR x NV or (wide) MR_WIDE x NV_WIDE; a short tile (at
+    most MR_SHORT rows) runs the MR_SHORT-row copy, a single row the one-row copy, of the
+    same width. Inlined into gemm_block's two call sites."""
+    m = dims[1]
+    if wide:
+        if m == 1:
+            micro(a, b, c, bias, offs, dims, flags, 1, NV_WIDE)
+        elif m <= MR_SHORT:
+            micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV_WIDE)
+        else:
+            micro(a, b, c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)
+    elif m == 1:
+        micro(a, b, c, bias, offs, dims, flags, 1, NV)
+    elif m <= MR_SHORT:
+        micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV)
+    else:
+        micro(a, b, c, bias, offs, dims, flags, MR, NV)
 
 
 @njit(**JIT)
@@ -441,10 +454,11 @@ def gemm_task(t, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
     the partial's size, ``dims[5]``) and db[t]. Allocates t's packing buffers, whose size
     depends on the block sizes only."""
     M, K, N, R = dims
-    MC, KC, KF = blocks
+    MC, KC, KF, wide = blocks
     pack, masked, bmode, relu, want_db, accumulate = flags
-    kc, nr = min(KC, max(K, 1)), lanes(bp)
-    ap = np.empty(-(-min(MC, M) // MR) * MR * kc if pack else 0, bp.dtype)
+    kc = min(KC, max(K, 1))
+    mr, nr = tile_shape(bp, wide)
+    ap = np.empty(-(-min(MC, M) // mr) * mr * kc if pack else 0, bp.dtype)
     cols = -(-N // nr) * nr if bmode == BLOCK else 0
     edge = bp if bmode == WHOLE else np.empty(kc * cols, bp.dtype)
     if split == 0:

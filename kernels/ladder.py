@@ -307,7 +307,7 @@ def tiles(A, B, C, M, K, N, flags, bias, jr_outer):
             ir, jr = t // nj * MR, t % nj * nr
         micro(A[0], B[0], c, bias, (A[1] + ir * A[4], A[2], A[3], B[1] + jr * B[3], B[2],
                                     co + ir * ldc + jr, ldc, jr),
-              (K, min(MR, M - ir), min(nr, N - jr)), flags, MR)
+              (K, min(MR, M - ir), min(nr, N - jr)), flags, MR, NV)
 
 
 @njit(**JIT)

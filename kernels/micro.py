@@ -44,7 +44,7 @@ import llvmlite.ir as ir
 from numba import types
 from numba.extending import intrinsic
 
-from .config import DOT_ACC, NV, PREFETCH, VECTOR_BYTES
+from .config import DOT_ACC, PREFETCH, VECTOR_BYTES
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -124,12 +124,13 @@ def _scalars(context, builder, tup, tupty, to):
 
 
 @intrinsic
-def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
-    """C[:m, :n] := beta * C + A @ B (+ bias) (ReLU): see the module docstring. rows, a
-    constant (MR or MR_SHORT), is the block's height: the copy compiled for it."""
-    if not isinstance(rows, types.IntegerLiteral):
-        return None  # Numba then retries with the constant's literal type
-    MR = rows.literal_value
+def micro(typingctx, a, b, c, bias, offs, dims, flags, rows, nv):
+    """C[:m, :n] := beta * C + A @ B (+ bias) (ReLU): see the module docstring. rows and nv,
+    constants, are the block's height (MR, MR_WIDE, MR_SHORT or 1) and its width in vectors
+    (NV or NV_WIDE): the copy compiled for them."""
+    if not (isinstance(rows, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
+        return None  # Numba then retries with the constants' literal types
+    MR, NV = rows.literal_value, nv.literal_value
 
     def codegen(context, builder, sig, args):
         aty, bty, cty, biasty = sig.args[:4]
@@ -241,13 +242,13 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows):
                         with otherwise:
                             store(add_old, False)
 
-        name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}"
+        name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}x{NV}"
         _outlined(builder, name, body,
                   [pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n, beta,
                    use_bias, relu])
         return context.get_dummy_value()
 
-    return types.void(a, b, c, bias, offs, dims, flags, rows), codegen
+    return types.void(a, b, c, bias, offs, dims, flags, rows, nv), codegen
 
 
 @intrinsic

@@ -81,7 +81,7 @@ def test_no_notice_for_other_functions(no_notice_yet, capsys):
 
     compile_starts(users_own, arr(types.float32))                   # not lingrad's
     compile_starts(lingrad.kernels.ladder.dw_naive, arr(types.float32))  # the ladder's rungs
-    compile_starts(lingrad.kernels.engine.lanes, types.int64)     # no data dtype
+    compile_starts(lingrad.kernels.engine.tile_shape, types.int64, types.int64)  # no data dtype
     assert capsys.readouterr().err == ""
 
 

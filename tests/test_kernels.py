@@ -16,13 +16,15 @@ from lingrad import reference as ref
 # scratch) and past it (130 to 600: dw.T in per-thread partials, several KC_DW slices);
 # O past MC_DW = 96; I = 1024 (rows of x 4 KiB apart: x packed per block for dw); work
 # below and above SERIAL_WORK. LAYOUTS add packed A (x or dy not contiguous along their
-# rows) and packing of w from every stride pattern. tests/test_plan.py checks, through
-# the plans the API makes, that these shapes reach every path and edge.
+# rows) and packing of w from every stride pattern; the wide register block (plan.wide_tile)
+# for the forward and dx of a sum of at least WIDE_MIN_K = 512 (1 x 784 -> 50, 20 x 64 -> 520)
+# and the long-batch dw. tests/test_plan.py checks, through the plans the API makes, that
+# these shapes reach every path and edge.
 SHAPES = [
     (0, 3, 4), (5, 0, 3), (5, 3, 0), (1, 1, 1), (1, 784, 50), (3, 5, 7), (17, 16, 17), (17, 17, 16),
     (33, 65, 3), (257, 33, 37), (600, 33, 37), (600, 50, 1), (300, 1, 40),
     (70, 2050, 9), (70, 5, 2050), (64, 64, 64), (130, 400, 300), (45, 20, 2), (2, 30, 20),
-    (40, 301, 19), (520, 1024, 3), (37, 2, 45), (20, 12, 1030),
+    (40, 301, 19), (520, 1024, 3), (37, 2, 45), (20, 12, 1030), (20, 64, 520),
 ]
 LAYOUTS = ["C", "F", "strided", "reversed"]
 

@@ -12,45 +12,65 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lingrad.kernels import MR, MR_SHORT, NV, VECTOR_BYTES
+from lingrad.kernels import MR, MR_SHORT, MR_WIDE, NV, NV_WIDE, VECTOR_BYTES
 
-MR_ = MR
 from lingrad.kernels.micro import micro, transpose_tile
 
 
 @njit
 def tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR)
+    micro(a, b, c, bias, offs, dims, flags, MR, NV)
 
 
 @njit
 def short_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR_SHORT)
+    micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV)
 
 
 @njit
 def row_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, 1)  # engine.gemm_block's single-row tiles
+    micro(a, b, c, bias, offs, dims, flags, 1, NV)  # engine.gemm_block's single-row tiles
 
 
-def lanes(dtype):
-    return NV * VECTOR_BYTES // np.dtype(dtype).itemsize
+@njit
+def wide_tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)  # the plan's wide block
+
+
+@njit
+def wide_short_tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV_WIDE)
+
+
+@njit
+def wide_row_tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags, 1, NV_WIDE)
+
+
+# the register blocks gemm_block runs: name -> (rows, vectors, the compiled wrapper)
+BLOCKS = {"MR": (MR, NV, tile), "MR_SHORT": (MR_SHORT, NV, short_tile), "1": (1, NV, row_tile),
+          "MR_WIDE": (MR_WIDE, NV_WIDE, wide_tile), "MR_SHORT-wide": (MR_SHORT, NV_WIDE, wide_short_tile),
+          "1-wide": (1, NV_WIDE, wide_row_tile)}
+
+
+def lanes(dtype, nv=NV):
+    return nv * VECTOR_BYTES // np.dtype(dtype).itemsize
 
 
 @pytest.mark.parametrize("dtype,cdtype", [(np.float32, np.float32), (np.float64, np.float64),
                                           (np.float32, np.float64)], ids=["f32", "f64", "f32->f64"])
 @pytest.mark.parametrize("rows,m_off", [
     pytest.param(rows, m_off, id=f"{rows}-{name}")
-    for rows in ("MR", "MR_SHORT", "1")
+    for rows in BLOCKS
     for m_off, name in ((0, "m=rows"), (1, "m=rows-1"), (-1, "m=1"))
-    if not (rows == "1" and m_off == 1)])  # a block of one row has no m = rows - 1
+    if not (BLOCKS[rows][0] == 1 and m_off == 1)])  # a block of one row has no m = rows - 1
 @pytest.mark.parametrize("n_off", [0, 1, -1], ids=["n=NR", "n=NR-1", "n=1"])
 @pytest.mark.parametrize("a_layout", ["rows", "cols"])
 def test_contract(dtype, cdtype, rows, m_off, n_off, a_layout):
-    MR, tile_of = {"MR": (MR_, tile), "MR_SHORT": (MR_SHORT, short_tile), "1": (1, row_tile)}[rows]
+    MR, nv, tile_of = BLOCKS[rows]
     m = {0: MR, 1: MR - 1, -1: 1}[m_off]
     rng = np.random.default_rng(7)
-    nr = lanes(dtype)
+    nr = lanes(dtype, nv)
     n = {0: nr, 1: nr - 1, -1: 1}[n_off]
     kc = 37
     a = rng.standard_normal((MR, kc)).astype(dtype)
@@ -104,9 +124,11 @@ def fma_loops(asm):
     return [b for b, t in zip(bodies, text) if not any(o != t and o in t for o in text)]
 
 
+@pytest.mark.parametrize("block", ["MR", "MR_WIDE"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_k_loop_keeps_the_block_in_registers(dtype):
-    nr = lanes(dtype)
+def test_k_loop_keeps_the_block_in_registers(dtype, block):
+    MR, NV, tile = BLOCKS[block]
+    nr = lanes(dtype, NV)
     a, b, c = (np.zeros(s, dtype) for s in (MR * 4, nr * 4, MR * nr))
     tile(a, b, c, c, (0, 4, 1, 0, nr, 0, nr, 0), (4, MR, nr), (False, False, False))
     asm = tile.inspect_asm(tile.signatures[0])

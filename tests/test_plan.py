@@ -51,8 +51,9 @@ def made():
 
 
 def features(plan, itemsize):
-    nr = K.NV * K.VECTOR_BYTES // itemsize
-    mc, kc, kf = plan.blocks
+    mc, kc, kf, wide = plan.blocks
+    MR = K.MR_WIDE if wide else K.MR
+    nr = (K.NV_WIDE if wide else K.NV) * K.VECTOR_BYTES // itemsize
     names = {E.WHOLE: 'WHOLE', E.IN_PLACE: 'IN_PLACE', E.BLOCK: 'BLOCK', E.DOT: 'DOT', E.AXPY: 'AXPY'}
     f = {f"{plan.op} b_mode={names[plan.b_mode]}",
          f"{plan.op} pack_a={plan.pack_a}", f"{plan.op} masked={plan.masked}",
@@ -79,9 +80,10 @@ def features(plan, itemsize):
         if plan.M == 1 and plan.N >= K.DOT_ACC:
             f.add(f"{plan.op} dot: a single row, DOT_ACC columns at a time")
         return f
-    if plan.M and plan.M % K.MR:
+    f.add(f"{plan.op} {'wide' if wide else 'MR x NV'} block")
+    if plan.M and plan.M % MR:
         f.add(f"{plan.op} rows past the last whole micro-tile")
-    if plan.M % K.MR == 1 and plan.threads == 1:  # engine.gemm_block's one-row micro-kernel
+    if plan.M % MR == 1 and plan.threads == 1:  # engine.gemm_block's one-row micro-kernel
         f.add(f"{plan.op} a one-row tile")
     if plan.N and plan.N % nr:
         f.add(f"{plan.op} an edge tile (n < NR)")
@@ -109,7 +111,8 @@ REQUIRED = (
        for edge in ("a last group narrower than DOT_COLS", "rows past the last whole block of DOT_ACC")]
     + ["forward dot: a whole group of DOT_COLS", "dx dot: a single row, DOT_ACC columns at a time"]
     + [f"{op} {edge}" for op in ("forward", "dx", "dw")
-       for edge in ("rows past the last whole micro-tile", "an edge tile (n < NR)")])
+       for edge in ("rows past the last whole micro-tile", "an edge tile (n < NR)", "MR x NV block")
+       + (("wide block",) if K.NV_WIDE != K.NV else ())])
 
 
 def test_shapes_reach_every_path(made):

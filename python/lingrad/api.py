@@ -158,17 +158,17 @@ def _flat(a, mode):
     return a.ravel() if mode == 0 else a.T.ravel()
 
 
-Prepared = namedtuple("Prepared", ["threads", "whole", "K", "N", "dtype", "empty_b", "empty_bias",
+Prepared = namedtuple("Prepared", ["threads", "whole", "nr", "K", "N", "dtype", "empty_b", "empty_bias",
                                    "empty_db", "dims", "blocks", "flags", "split"])
 
 
 def _prepare(plan, dtype, cdtype, relu=False, partial=0, accumulate=False):
     """The constant part of one product's kernel calls (see _gemm)."""
     E = K.engine
-    nr = K.NV * (K.VECTOR_BYTES // dtype.itemsize)  # engine.lanes
+    nr = (K.NV_WIDE if plan.blocks[3] else K.NV) * (K.VECTOR_BYTES // dtype.itemsize)  # tile_shape
     whole = -(-plan.N // nr) * nr * plan.K if plan.b_mode == E.WHOLE else 0
     flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db, bool(accumulate))
-    return Prepared(plan.threads, whole, plan.K, plan.N, dtype, _EMPTY[dtype][0], _EMPTY[cdtype][0],
+    return Prepared(plan.threads, whole, nr, plan.K, plan.N, dtype, _EMPTY[dtype][0], _EMPTY[cdtype][0],
                     _EMPTY[np.dtype(np.float64)][1], (plan.M, plan.K, plan.N, partial), plan.blocks,
                     flags, plan.split)
 
@@ -185,7 +185,7 @@ def _gemm(g, A, B, C, Y, bias=None, db=None):
     bp = g.empty_b
     if g.whole:  # all of B, once: the same panels serve every row block and thread
         bp = np.empty(g.whole, g.dtype)
-        _launch(E.pack_whole_b, E.pack_panels, T, B, g.K, g.N, bp)
+        _launch(E.pack_whole_b, E.pack_panels, T, B, g.K, g.N, g.nr, bp)
     if bias is None:
         bias = g.empty_bias
     if db is None:

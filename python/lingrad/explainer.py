@@ -117,8 +117,9 @@ def describe(fwd: P.Calls, bwd: P.Calls, N: int, I: int, O: int, dtype: "npt.DTy
              f"{', ReLU' if relu else ''}, {dt.name}, x {layouts[0]} / w {layouts[1]} / "
              f"dy {layouts[2]} order, {threads} thread{'s' if threads != 1 else ''} in force",
              f"micro-kernel: {K.MR} x {nr} ({K.MR} rows x {K.NV} vectors of {K.VECTOR_BYTES} bytes, "
-             f"kernels/micro.py micro); work below SERIAL_WORK = {K.SERIAL_WORK} multiply-adds "
-             f"runs serially", ""]
+             f"kernels/micro.py micro), or the wide {K.MR_WIDE} x {nr * K.NV_WIDE // K.NV} where "
+             f"the columns fill it (plan.wide_tile); work below SERIAL_WORK = {K.SERIAL_WORK} "
+             f"multiply-adds runs serially", ""]
     f = fwd.forward
     args = "x, w, b" if bias else "x, w"
     lines.append(f"forward: lingrad.linear({args}{', relu=True' if relu else ''}) -> y ({N}, {O})")

@@ -39,7 +39,8 @@ Plan.__doc__ = """How one product runs.
 
 op: "forward", "dx" or "dw"; M, K, N: C = A (M x K) @ B (K x N), as the engine runs it;
 threads: 1 runs the serial kernel; split: 0 rows of C, 1 the summed axis (per-thread partials);
-blocks: (MC, KC, KF) rows of A and values of k per block, and terms per float64 flush;
+blocks: (MC, KC, KF, wide) rows of A and values of k per block, terms per float64 flush, and
+the register block (1: the wide MR_WIDE x NV_WIDE one, 0: MR x NV; ``wide_tile``);
 pack_a: A is packed (else read in place); b_mode: how B is read (engine.WHOLE: packed whole,
 once; IN_PLACE: read where it is; BLOCK: packed KC rows at a time);
 masked: the operand the ReLU mask is applied to while it is packed (0 none, engine.MASK_A
@@ -76,21 +77,23 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         kf = K.KF if itemsize < 8 else K.KC_DW
         b_mode = E.BLOCK if (M * itemsize) % K.X_ALIASED_BYTES == 0 else E.IN_PLACE
         pack = bool(masked or N > K.MR)
-        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf), pack, b_mode,
+        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf, wide_tile(M, None, itemsize)), pack,
+                    b_mode,
                     E.MASK_A if masked else 0, bool(want_db and pack), True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
     if Kdim <= K.AXPY_MAX_K and (not masked or op == "dx"):
         # a summed axis of a value or two (an outer product): each row of C is a few
         # scaled rows of B (engine.axpy_block; dx's ReLU mask applied to each scalar of
         # d), rows of C over threads
-        return Plan(op, M, Kdim, N, T, 0, (K.MR, Kdim, Kdim), False, E.AXPY,
+        return Plan(op, M, Kdim, N, T, 0, (K.MR, Kdim, Kdim, 0), False, E.AXPY,
                     E.MASK_A if masked else 0, False, False, False)
     if op == "dw":
         # a short batch: dw = x.T @ d with x.T and d read in place, rows of dw over threads;
         # float32 sums longer than KF terms go through float64 scratch
         scratch = itemsize < 8 and Kdim > K.KF
         b_mode = E.IN_PLACE if b_unit_n and not masked else E.BLOCK
-        return Plan(op, M, Kdim, N, T, 0, (K.MC, kc, K.KF if scratch else kc), False, b_mode,
+        return Plan(op, M, Kdim, N, T, 0, (K.MC, kc, K.KF if scratch else kc,
+                                           wide_tile(N, Kdim, itemsize)), False, b_mode,
                     E.MASK_B if masked else 0, False, False, scratch)
     narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize)
     if (narrow and (a_unit_k or masked)
@@ -100,19 +103,34 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         # kernel), A and B.T read by rows, rows of C over threads; a masked d (dx's ReLU
         # mask) is copied masked, a block of rows at a time, whatever its layout
         T = min(threads, max(1, M // K.DOT_ACC)) if work >= K.SERIAL_WORK else 1
-        return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim), False, E.DOT,
+        return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim, 0), False, E.DOT,
                     E.MASK_A if masked else 0, False, False, False)
     pack_a = masked or not a_unit_k
     mc = K.MC_PACKED if pack_a else K.MC
     b_mode = E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE
-    return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc), pack_a, b_mode, E.MASK_A if masked else 0,
-                False, False, False)
+    return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc, wide_tile(N, Kdim, itemsize)), pack_a, b_mode,
+                E.MASK_A if masked else 0, False, False, False)
+
+
+def wide_tile(N: int, Kdim: Optional[int], itemsize: int) -> int:
+    """1 when a product with N columns of C, summed over Kdim values (None: into float64
+    partials, the long-batch dw), runs on the wide register block (MR_WIDE x NV_WIDE
+    vectors), 0 on the MR x NV one: the wide block when the share of its columns that N
+    fills is at least WIDE_FILL times the other's and, for a C written in place, the sum is
+    at least WIDE_MIN_K long (kernels/config.py)."""
+    if N < 1 or K.NV_WIDE == K.NV or Kdim is not None and Kdim < K.WIDE_MIN_K:
+        return 0
+    lanes = K.VECTOR_BYTES // itemsize
+
+    def fill(nv: int) -> float:
+        return N / (-(-N // (nv * lanes)) * nv * lanes)
+    return int(fill(K.NV_WIDE) >= K.WIDE_FILL * fill(K.NV))
 
 
 def explain(plan: Plan) -> str:
     """The plan in words: for learners, and for anyone asking why a shape is slow.
     lingrad.explain describes whole calls (every plan a call runs) with these lines."""
-    mc, kc, kf = plan.blocks
+    mc, kc, kf, wide = plan.blocks
     E = K.engine
     what = {"forward": "y = x @ w (+ b, ReLU in the epilogue)", "dx": "dx = d @ w.T",
             "dw": "dw.T = d.T @ x" if plan.swap else "dw = x.T @ d"}[plan.op]
@@ -122,8 +140,9 @@ def explain(plan: Plan) -> str:
                f"accumulators, columns in groups of {K.DOT_COLS}",
         E.AXPY: f"KC = {kc} values of k (all of them, at most AXPY_MAX_K = {K.AXPY_MAX_K}): "
                 f"each row of C is {kc} scaled rows of B"}.get(
-        plan.b_mode, f"MC = {mc} rows of A, KC = {kc} values of k, micro-kernel {K.MR} rows x "
-                     f"{K.NV} vectors")
+        plan.b_mode, f"MC = {mc} rows of A, KC = {kc} values of k, micro-kernel "
+                     + (f"{K.MR_WIDE} rows x {K.NV_WIDE} vectors (the wide block: N fills it)"
+                        if wide else f"{K.MR} rows x {K.NV} vectors"))
     lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B "
              f"({plan.K} x {plan.N})", f"  blocks: {blocks} (kernels/config.py)"]
     chain = {E.DOT: "narrow_task -> dot_block -> kernels/micro.py dot",
