@@ -35,7 +35,7 @@ tests can use odd ones; python -m lingrad ladder passes kernels/config.py's.
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, MR, NV, PJIT, VECTOR_BYTES
+from .config import JIT, MR, MR_WIDE, NV, NV_WIDE, PJIT, VECTOR_BYTES
 from .micro import micro
 
 
@@ -253,9 +253,14 @@ def dx_register(dy, w, dx):
 
 # ---- views: a matrix as (flat buffer, offset, row stride, column stride) ----------------
 @njit(**JIT)
-def lanes(a):
-    """NR, the micro-kernel's columns for a's dtype: NV vectors of VECTOR_BYTES bytes."""
-    return NV * (VECTOR_BYTES // a.itemsize)
+def block(a, wide):
+    """(MR, NR) of the register block for a's dtype: MR x NV vectors, or with wide the
+    MR_WIDE x NV_WIDE block (6 x 4 vectors with AVX-512: the same 24 accumulators, half
+    the broadcasts of A per multiply-add; lingrad.plan.wide_tile chooses, as for the
+    engine)."""
+    if wide:
+        return MR_WIDE, NV_WIDE * (VECTOR_BYTES // a.itemsize)
+    return MR, NV * (VECTOR_BYTES // a.itemsize)
 
 
 @njit(**JIT)
@@ -278,7 +283,7 @@ def at(V, r, c):
 
 # ---- rung 4: the register micro-kernel ---------------------------------------------------
 @njit(**JIT)
-def tiles(A, B, C, M, K, N, flags, bias, jr_outer):
+def tiles(A, B, C, M, K, N, flags, bias, jr_outer, wide):
     """C[:M, :N] := beta * C + A @ B (+ bias) (then ReLU), one micro-kernel call per MR x NR
     tile of C. Serial.
 
@@ -296,22 +301,26 @@ def tiles(A, B, C, M, K, N, flags, bias, jr_outer):
     jr_outer: the jr loop outside ir (BLIS's order, rung 6's five loops: one panel of
     B stays in L1 while every tile of rows uses it) or inside (rungs 4-5: MR rows of A
     stay in L1 while every panel of B passes), both as one loop over the tiles.
+    wide: the tiles are MR_WIDE x NV_WIDE vectors (block).
     """
     c, co, ldc = C
-    nr = lanes(c)
-    ni, nj = -(-M // MR), -(-N // nr)
+    mr, nr = block(c, wide)
+    ni, nj = -(-M // mr), -(-N // nr)
     for t in range(ni * nj):
         if jr_outer:
-            ir, jr = t % ni * MR, t // ni * nr
+            ir, jr = t % ni * mr, t // ni * nr
         else:
-            ir, jr = t // nj * MR, t % nj * nr
-        micro(A[0], B[0], c, bias, (A[1] + ir * A[4], A[2], A[3], B[1] + jr * B[3], B[2],
-                                    co + ir * ldc + jr, ldc, jr),
-              (K, min(MR, M - ir), min(nr, N - jr)), flags, MR, NV)
+            ir, jr = t // nj * mr, t % nj * nr
+        offs = (A[1] + ir * A[4], A[2], A[3], B[1] + jr * B[3], B[2], co + ir * ldc + jr, ldc, jr)
+        dims = (K, min(mr, M - ir), min(nr, N - jr))
+        if wide:
+            micro(A[0], B[0], c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)
+        else:
+            micro(A[0], B[0], c, bias, offs, dims, flags, MR, NV)
 
 
 @njit(**JIT)
-def tiles_micro(A, B, c, M, K, N, beta):
+def tiles_micro(A, B, c, M, K, N, beta, wide):
     """c (M x N, C order) = A @ B (+ c when beta), both read in place by the micro-kernel. Serial.
 
     A (M x K): any strides. B (K x N): rows contiguous (unit column stride).
@@ -319,11 +328,11 @@ def tiles_micro(A, B, c, M, K, N, beta):
     columns of B) inside, as rung 3's m outside and j inside.
     """
     tiles(A + (A[2],), (B[0], B[1], B[2], 1), (c, 0, N), M, K, N, (beta, False, False),
-          np.empty(0, c.dtype), False)
+          np.empty(0, c.dtype), False, wide)
 
 
 @njit(**JIT)
-def y_micro(x, w, y):
+def y_micro(x, w, y, wide):
     """Rung 4. y = x @ w by the register micro-kernel, x and w read in place.
 
     shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
@@ -333,11 +342,11 @@ def y_micro(x, w, y):
     Serial.
     """
     N, I = x.shape
-    tiles_micro(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False)
+    tiles_micro(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False, wide)
 
 
 @njit(**JIT)
-def dx_micro(dy, w, dx):
+def dx_micro(dy, w, dx, wide):
     """Rung 4. dx = dy @ w.T by the register micro-kernel, on a transposed copy of w.
 
     shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
@@ -346,11 +355,11 @@ def dx_micro(dy, w, dx):
     """
     N, O = dy.shape
     wt = np.ascontiguousarray(w.T)
-    tiles_micro(rows_of(dy), rows_of(wt), dx.reshape(dx.size), N, O, w.shape[0], False)
+    tiles_micro(rows_of(dy), rows_of(wt), dx.reshape(dx.size), N, O, w.shape[0], False, wide)
 
 
 @njit(**JIT)
-def dw_micro(x, dy, dw, kc):
+def dw_micro(x, dy, dw, kc, wide):
     """Rung 4. dw = (dy.T @ x).T by the register micro-kernel, kc rows of the batch at a time.
 
     shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
@@ -368,20 +377,20 @@ def dw_micro(x, dy, dw, kc):
     dyf, xf = dy.reshape(dy.size), x.reshape(x.size)
     for n in range(0, max(N, 1), kc):  # an empty batch still writes dw = 0
         k = min(kc, N - n)
-        tiles_micro((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I, n > 0)
+        tiles_micro((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I, n > 0,
+                    wide)
     dw[:] = dwt.T
 
 
 # ---- rung 5: packing into micro-panels --------------------------------------------------
 @njit(**JIT)
-def pack_b(B, k0, kc, n0, nc, dst):
+def pack_b(B, k0, kc, n0, nc, nr, dst):
     """dst[(p // NR) * kc * NR + k * NR + p % NR] = B[k0 + k, n0 + p] for k < kc, p < nc. Serial.
 
     NR-column micro-panels, k-major, zero-padded to whole panels: each panel is
     the kc x NR values the micro-kernel reads, in the order it reads them, one
     contiguous stream. B may have any strides (w.T is packed straight from w).
     """
-    nr = lanes(dst)
     for j in range(0, nc, nr):
         for k in range(kc):
             for p in range(nr):
@@ -389,7 +398,7 @@ def pack_b(B, k0, kc, n0, nc, dst):
 
 
 @njit(**JIT)
-def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
+def pack_a(A, m0, mc, k0, kc, mr, dst, Y, masked, db):
     """The block A[m0:m0 + mc, k0:k0 + kc] copied into dst, in one of two layouts. Serial.
 
     A must be contiguous along k or along r. Along k (dy for dx): row-major,
@@ -418,15 +427,15 @@ def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
             if sums:
                 db[m0 + r] += s
         return
-    for p0 in range(0, mc, MR):  # k outer, r inside: along A's contiguous axis
-        rows = min(MR, mc - p0)
-        panel = dst[p0 * kc:(p0 + MR) * kc]
+    for p0 in range(0, mc, mr):  # k outer, r inside: along A's contiguous axis
+        rows = min(mr, mc - p0)
+        panel = dst[p0 * kc:(p0 + mr) * kc]
         for k in range(kc):
             src = A[1] + (m0 + p0) * A[2] + (k0 + k) * A[3]
             ysrc = src - A[1] + Y[1]
             acol, ycol = a[src:src + rows], y[ysrc:ysrc + rows]
             for r in range(rows):
-                panel[k * MR + r] = acol[r] if ycol[r] > 0 or not masked else zero
+                panel[k * mr + r] = acol[r] if ycol[r] > 0 or not masked else zero
     if sums:  # db from the block while it is in L1: a contiguous run of mc values per k
         dbs = db[m0:m0 + mc]
         for k in range(kc):
@@ -438,14 +447,14 @@ def pack_a(A, m0, mc, k0, kc, dst, Y, masked, db):
 
 
 @njit(**JIT)
-def panel_strides(A, kc):
+def panel_strides(A, kc, mr):
     """(row stride, column stride) of pack_a's block of A as the micro-kernel reads it;
     the tile of rows from ir starts at ir * kc in both layouts."""
-    return (kc, 1) if A[3] == 1 else (1, MR)
+    return (kc, 1) if A[3] == 1 else (1, mr)
 
 
 @njit(**JIT)
-def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta):
+def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta, wide):
     """c (M x N, C order) = A @ B (+ c when beta) as tiles_micro, from micro-panels. Serial.
 
     With packed_b, B is packed into NR-column micro-panels, so each micro-kernel
@@ -453,21 +462,21 @@ def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta):
     far apart; with packed_a, A is packed into MR-row micro-panels. An operand
     not packed is read in place (B: with contiguous rows).
     """
-    nr = lanes(c)
+    mr, nr = block(c, wide)
     none = np.empty(0, c.dtype)
-    ap = np.empty(-(-M // MR) * MR * K if packed_a else 0, A[0].dtype)
+    ap = np.empty(-(-M // mr) * mr * K if packed_a else 0, A[0].dtype)
     bp = np.empty(-(-N // nr) * nr * K if packed_b else 0, B[0].dtype)
     if packed_a:
-        pack_a(A, 0, M, 0, K, ap, A, False, none)
+        pack_a(A, 0, M, 0, K, mr, ap, A, False, none)
     if packed_b:
-        pack_b(B, 0, K, 0, N, bp)
-    At = (ap, 0) + panel_strides(A, K) + (K,) if packed_a else A + (A[2],)
+        pack_b(B, 0, K, 0, N, nr, bp)
+    At = (ap, 0) + panel_strides(A, K, mr) + (K,) if packed_a else A + (A[2],)
     Bt = (bp, 0, nr, K) if packed_b else (B[0], B[1], B[2], 1)
-    tiles(At, Bt, (c, 0, N), M, K, N, (beta, False, False), none, False)
+    tiles(At, Bt, (c, 0, N), M, K, N, (beta, False, False), none, False, wide)
 
 
 @njit(**JIT)
-def y_packed(x, w, y):
+def y_packed(x, w, y, wide):
     """Rung 5. y = x @ w by the micro-kernel, w packed into micro-panels, x read in place.
 
     shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
@@ -475,11 +484,12 @@ def y_packed(x, w, y):
     copy all of x to gain nothing. Serial.
     """
     N, I = x.shape
-    tiles_packed(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False, True, False)
+    tiles_packed(rows_of(x), rows_of(w), y.reshape(y.size), N, I, w.shape[1], False, True, False,
+                 wide)
 
 
 @njit(**JIT)
-def dx_packed(dy, w, dx):
+def dx_packed(dy, w, dx, wide):
     """Rung 5. dx = dy @ w.T, w.T packed into micro-panels straight from w, dy in place.
 
     shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
@@ -488,11 +498,11 @@ def dx_packed(dy, w, dx):
     """
     N, O = dy.shape
     tiles_packed(rows_of(dy), cols_of(w), dx.reshape(dx.size), N, O, w.shape[0], False, True,
-                 False)
+                 False, wide)
 
 
 @njit(**JIT)
-def dw_packed(x, dy, dw, kc):
+def dw_packed(x, dy, dw, kc, wide):
     """Rung 5. dw = (dy.T @ x).T as rung 4, each kc-row step of dy.T packed into micro-panels.
 
     shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
@@ -505,13 +515,13 @@ def dw_packed(x, dy, dw, kc):
     for n in range(0, max(N, 1), kc):
         k = min(kc, N - n)
         tiles_packed((dyf, n * O, 1, O), (xf, n * I, I, 1), dwt.reshape(dwt.size), O, k, I,
-                     True, False, n > 0)
+                     True, False, n > 0, wide)
     dw[:] = dwt.T
 
 
 # ---- rung 6: the five loops (cache blocking around the micro-kernel) ---------------------
 @njit(**JIT)
-def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, masked, db):
+def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, masked, db, wide):
     """C[:M] = A @ B (M x K times K x N) in BLIS's loops around the micro-kernel. Serial.
 
     C = (flat buffer, offset, row stride), C order. Loops, outermost first:
@@ -528,28 +538,28 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
     in registers; the mask and db applied in pack_a.
     """
     c, co, ldc = C
-    nr = lanes(c)
+    mr, nr = block(c, wide)
     kmax = min(kc, max(K, 1))
-    ap = np.empty(-(-min(mc, M) // MR) * MR * kmax if packed_a else 0, A[0].dtype)
+    ap = np.empty(-(-min(mc, M) // mr) * mr * kmax if packed_a else 0, A[0].dtype)
     bp = np.empty(0 if b_in_place else -(-N // nr) * nr * kmax, A[0].dtype)
     for pc in range(0, max(K, 1), kc):  # an empty sum (K = 0) still writes C = 0 (+ bias)
         kk = min(kc, K - pc)
         last = pc + kc >= K
         if not b_in_place:
-            pack_b(B, pc, kk, 0, N, bp)
+            pack_b(B, pc, kk, 0, N, nr, bp)
         Bt = (B[0], B[1] + pc * B[2], B[2], 1) if b_in_place else (bp, 0, nr, kk)
         flags = (pc > 0, last and bias.size > 0, relu and last)
         for ic in range(0, M, mc):
             mm = min(mc, M - ic)
             if packed_a:
-                pack_a(A, ic, mm, pc, kk, ap, Y, masked, db)
-            At = ((ap, 0) + panel_strides(A, kk) + (kk,) if packed_a else
+                pack_a(A, ic, mm, pc, kk, mr, ap, Y, masked, db)
+            At = ((ap, 0) + panel_strides(A, kk, mr) + (kk,) if packed_a else
                   (A[0], A[1] + ic * A[2] + pc * A[3], A[2], A[3], A[2]))
-            tiles(At, Bt, (c, co + ic * ldc, ldc), mm, kk, N, flags, bias, True)
+            tiles(At, Bt, (c, co + ic * ldc, ldc), mm, kk, N, flags, bias, True, wide)
 
 
 @njit(**JIT)
-def y_blocked(x, w, y, mc, kc):
+def y_blocked(x, w, y, mc, kc, wide):
     """Rung 6. y = x @ w in the five loops: kc-long slices of i, mc rows of y per block.
 
     shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
@@ -561,11 +571,11 @@ def y_blocked(x, w, y, mc, kc):
     N, I = x.shape
     none = np.empty(0, y.dtype)
     five_loops(rows_of(x), rows_of(w), (y.reshape(y.size), 0, w.shape[1]), N, I, w.shape[1],
-               mc, kc, False, False, none, False, rows_of(x), False, none)
+               mc, kc, False, False, none, False, rows_of(x), False, none, wide)
 
 
 @njit(**JIT)
-def dx_blocked(dy, w, dx, mc, kc):
+def dx_blocked(dy, w, dx, mc, kc, wide):
     """Rung 6. dx = dy @ w.T in the five loops; w.T packed per kc slice of j, dy in place.
 
     shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T   Serial.
@@ -574,11 +584,11 @@ def dx_blocked(dy, w, dx, mc, kc):
     I = w.shape[0]
     none = np.empty(0, dx.dtype)
     five_loops(rows_of(dy), cols_of(w), (dx.reshape(dx.size), 0, I), N, O, I,
-               mc, kc, False, False, none, False, rows_of(dy), False, none)
+               mc, kc, False, False, none, False, rows_of(dy), False, none, wide)
 
 
 @njit(**JIT)
-def dwt_blocked(x, dy, n0, n1, c, mc, kc, db):
+def dwt_blocked(x, dy, n0, n1, c, mc, kc, db, wide):
     """c (O x I, C order) = dy[n0:n1].T @ x[n0:n1] in the five loops, and db += dy[n0:n1].sum(0)
     when db is not empty (rung 8). Serial.
 
@@ -590,11 +600,11 @@ def dwt_blocked(x, dy, n0, n1, c, mc, kc, db):
     A = (dy.reshape(dy.size), n0 * O, 1, O)
     none = np.empty(0, c.dtype)
     five_loops(A, (x.reshape(x.size), n0 * I, I, 1), (c, 0, I), O, n1 - n0, I, mc, kc, True, True,
-               none, False, A, False, db)
+               none, False, A, False, db, wide)
 
 
 @njit(**JIT)
-def dw_blocked(x, dy, dw, mc, kc):
+def dw_blocked(x, dy, dw, mc, kc, wide):
     """Rung 6. dw = (dy.T @ x).T in the five loops: kc rows of the batch per block.
 
     shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
@@ -605,7 +615,7 @@ def dw_blocked(x, dy, dw, mc, kc):
     """
     O = dy.shape[1]
     dwt = np.empty((O, x.shape[1]), dw.dtype)
-    dwt_blocked(x, dy, 0, x.shape[0], dwt.reshape(dwt.size), mc, kc, np.empty(0, dw.dtype))
+    dwt_blocked(x, dy, 0, x.shape[0], dwt.reshape(dwt.size), mc, kc, np.empty(0, dw.dtype), wide)
     dw[:] = dwt.T
 
 
@@ -643,7 +653,7 @@ def merge_transposed(part, dw):
 
 
 @njit(**JIT)
-def y_parallel(x, w, y, mc, kc, T):
+def y_parallel(x, w, y, mc, kc, T, wide):
     """Rung 7. y = x @ w on T threads, each running rung 6 on its own rows of y.
 
     shapes: x (N, I), w (I, O), y (N, O).   numpy: y[:] = x @ w
@@ -652,11 +662,11 @@ def y_parallel(x, w, y, mc, kc, T):
     merge. Each thread packs its own copy of w (I * O values). Rung 8
     passes b and relu; rung 7 passes neither.
     """
-    y_rows_fused(x, w, y, mc, kc, T, np.empty(0, y.dtype), False)
+    y_rows_fused(x, w, y, mc, kc, T, np.empty(0, y.dtype), False, wide)
 
 
 @njit(**PJIT)
-def y_rows_fused(x, w, y, mc, kc, T, b, relu):
+def y_rows_fused(x, w, y, mc, kc, T, b, relu, wide):
     """y = x @ w (+ b) (then ReLU) on T threads, parallel over chunks of rows of y (race-free)."""
     N, I = x.shape
     O = w.shape[1]
@@ -664,11 +674,11 @@ def y_rows_fused(x, w, y, mc, kc, T, b, relu):
     for t in prange(T):
         n0, n1 = chunk(N, T, t)
         five_loops((xf, n0 * I, I, 1), rows_of(w), (yf, n0 * O, O), n1 - n0, I, O, mc, kc,
-                   False, False, b, relu, (xf, n0 * I, I, 1), False, np.empty(0, y.dtype))
+                   False, False, b, relu, (xf, n0 * I, I, 1), False, np.empty(0, y.dtype), wide)
 
 
 @njit(**PJIT)
-def dx_rows_fused(dy, w, dx, mc, kc, T, y, masked):
+def dx_rows_fused(dy, w, dx, mc, kc, T, y, masked, wide):
     """dx = d @ w.T on T threads, d = dy, or where(y > 0, dy, 0) when masked (applied while
     packing dy), parallel over chunks of rows of dx (race-free)."""
     N, O = dy.shape
@@ -678,22 +688,22 @@ def dx_rows_fused(dy, w, dx, mc, kc, T, y, masked):
         n0, n1 = chunk(N, T, t)
         five_loops((df, n0 * O, O, 1), cols_of(w), (xf, n0 * I, I), n1 - n0, O, I, mc, kc,
                    masked, False, np.empty(0, dx.dtype), False, (yf, n0 * O, O, 1), masked,
-                   np.empty(0, dx.dtype))
+                   np.empty(0, dx.dtype), wide)
 
 
 @njit(**JIT)
-def dx_parallel(dy, w, dx, mc, kc, T):
+def dx_parallel(dy, w, dx, mc, kc, T, wide):
     """Rung 7. dx = dy @ w.T on T threads, each running rung 6 on its own rows of dx.
 
     shapes: dy (N, O), w (I, O), dx (N, I).   numpy: dx[:] = dy @ w.T
     Parallel over T chunks of the batch, an output axis (rows of dx): race-free,
     no partials, no merge.
     """
-    dx_rows_fused(dy, w, dx, mc, kc, T, dy, False)
+    dx_rows_fused(dy, w, dx, mc, kc, T, dy, False, wide)
 
 
 @njit(**PJIT)
-def dw_db_threads(x, dy, dw, db, mc, kc, T):
+def dw_db_threads(x, dy, dw, db, mc, kc, T, wide):
     """dw = x.T @ dy (and db = dy.sum(0) when db is not empty) on T threads, per-thread partials."""
     N, I = x.shape
     O = dy.shape[1]
@@ -701,13 +711,13 @@ def dw_db_threads(x, dy, dw, db, mc, kc, T):
     part_b = np.zeros((T, db.size), dw.dtype)
     for t in prange(T):
         n0, n1 = chunk(N, T, t)
-        dwt_blocked(x, dy, n0, n1, part[t], mc, kc, part_b[t])
+        dwt_blocked(x, dy, n0, n1, part[t], mc, kc, part_b[t], wide)
     merge_transposed(part, dw)
     merge(part_b, db)
 
 
 @njit(**JIT)
-def dw_parallel(x, dy, dw, mc, kc, T):
+def dw_parallel(x, dy, dw, mc, kc, T, wide):
     """Rung 7. dw = x.T @ dy on T threads, with per-thread partial sums.
 
     shapes: x (N, I), dy (N, O), dw (I, O); T chunks, one per thread.
@@ -718,12 +728,12 @@ def dw_parallel(x, dy, dw, mc, kc, T):
     would race (lost updates). merge_transposed then sums the T partials,
     parallel over rows of dw (each iteration owns its row).
     """
-    dw_db_threads(x, dy, dw, np.empty(0, dw.dtype), mc, kc, T)
+    dw_db_threads(x, dy, dw, np.empty(0, dw.dtype), mc, kc, T, wide)
 
 
 # ---- rung 8: fusion -------------------------------------------------------------------------
 @njit(**JIT)
-def y_fused(x, w, b, y, mc, kc, T):
+def y_fused(x, w, b, y, mc, kc, T, wide):
     """Rung 8. y = max(x @ w + b, 0): bias and ReLU in the micro-kernel's epilogue, T threads.
 
     shapes: x (N, I), w (I, O), b (O,), y (N, O).   numpy: y[:] = np.maximum(x @ w + b, 0)
@@ -731,11 +741,11 @@ def y_fused(x, w, b, y, mc, kc, T):
     last kc slice, while the tile is still in registers: y is stored once,
     final. Parallel over chunks of rows of y (race-free).
     """
-    y_rows_fused(x, w, y, mc, kc, T, b, True)
+    y_rows_fused(x, w, y, mc, kc, T, b, True, wide)
 
 
 @njit(**JIT)
-def dx_fused(dy, w, y, dx, mc, kc, T):
+def dx_fused(dy, w, y, dx, mc, kc, T, wide):
     """Rung 8. dx = where(y > 0, dy, 0) @ w.T: the ReLU's mask applied while dy is packed.
 
     shapes: dy (N, O), w (I, O), y (N, O) the forward's ReLU output, dx (N, I).
@@ -744,11 +754,11 @@ def dx_fused(dy, w, y, dx, mc, kc, T):
     0 where y <= 0 as it is packed: the masked dy is never an array.
     Parallel over chunks of rows of dx (race-free).
     """
-    dx_rows_fused(dy, w, dx, mc, kc, T, y, True)
+    dx_rows_fused(dy, w, dx, mc, kc, T, y, True, wide)
 
 
 @njit(**JIT)
-def dw_db_fused(x, dy, dw, db, mc, kc, T):
+def dw_db_fused(x, dy, dw, db, mc, kc, T, wide):
     """Rung 8. dw = x.T @ dy and db = dy.sum(0), db summed while dy is packed, T threads.
 
     shapes: x (N, I), dy (N, O), dw (I, O), db (O,).
@@ -758,7 +768,7 @@ def dw_db_fused(x, dy, dw, db, mc, kc, T):
     and dy is read once for both gradients. Per-thread partials for both
     (race-free), merged after.
     """
-    dw_db_threads(x, dy, dw, db, mc, kc, T)
+    dw_db_threads(x, dy, dw, db, mc, kc, T, wide)
 
 
 # ---- the unfused second passes that rung 8 saves (the CLI's "7+" rows) ------------------

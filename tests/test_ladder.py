@@ -15,9 +15,10 @@ from lingrad.kernels import ladder as L
 
 # (N, I, O): N = 1 and tiny sizes, sizes one off the 4x4 block, N past several blocks.
 SHAPES = [(1, 1, 1), (1, 7, 3), (2, 3, 5), (5, 4, 4), (9, 13, 6), (37, 19, 11), (130, 33, 50)]
-# (mc, kc): rows of C per block and values of the summed axis per block (rungs 4-8 of dw step
-# over the batch in kc rows); odd and tiny ones, one under the micro-kernel's MR, included.
-BLOCKS = [(1, 1), (5, 3), (7, 6), (13, 64), (96, 256)]
+# (mc, kc, wide): rows of C per block and values of the summed axis per block (rungs 4-8 of dw
+# step over the batch in kc rows), odd and tiny ones, one under the micro-kernel's MR, included;
+# and the register block, MR x NV or the wide MR_WIDE x NV_WIDE (rungs 4-8).
+BLOCKS = [(1, 1, False), (5, 3, True), (7, 6, False), (13, 64, True), (96, 256, False), (96, 256, True)]
 
 
 def data(rng, N, I, O, dtype):
@@ -33,19 +34,21 @@ def f64(*arrays):
     return [a.astype(np.float64) for a in arrays]
 
 
-def serial_dw(mc, kc):
-    return [L.dw_naive, L.dw_rows, L.dw_register, lambda x, dy, dw: L.dw_micro(x, dy, dw, kc),
-            lambda x, dy, dw: L.dw_packed(x, dy, dw, kc), lambda x, dy, dw: L.dw_blocked(x, dy, dw, mc, kc)]
+def serial_dw(mc, kc, wide):
+    return [L.dw_naive, L.dw_rows, L.dw_register, lambda x, dy, dw: L.dw_micro(x, dy, dw, kc, wide),
+            lambda x, dy, dw: L.dw_packed(x, dy, dw, kc, wide),
+            lambda x, dy, dw: L.dw_blocked(x, dy, dw, mc, kc, wide)]
 
 
-def serial_y(mc, kc):
-    return [L.y_naive, L.y_rows, L.y_register, L.y_micro, L.y_packed,
-            lambda x, w, y: L.y_blocked(x, w, y, mc, kc)]
+def serial_y(mc, kc, wide):
+    return [L.y_naive, L.y_rows, L.y_register, lambda x, w, y: L.y_micro(x, w, y, wide),
+            lambda x, w, y: L.y_packed(x, w, y, wide), lambda x, w, y: L.y_blocked(x, w, y, mc, kc, wide)]
 
 
-def serial_dx(mc, kc):
-    return [L.dx_naive, L.dx_rows, L.dx_register, L.dx_micro, L.dx_packed,
-            lambda dy, w, dx: L.dx_blocked(dy, w, dx, mc, kc)]
+def serial_dx(mc, kc, wide):
+    return [L.dx_naive, L.dx_rows, L.dx_register, lambda dy, w, dx: L.dx_micro(dy, w, dx, wide),
+            lambda dy, w, dx: L.dx_packed(dy, w, dx, wide),
+            lambda dy, w, dx: L.dx_blocked(dy, w, dx, mc, kc, wide)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -53,17 +56,17 @@ def serial_dx(mc, kc):
 @pytest.mark.parametrize("blocks", BLOCKS, ids=str)
 def test_weight_grad_rungs(rng, threads, dtype, shape, blocks):
     N, I, O = shape
-    mc, kc = blocks
+    mc, kc, wide = blocks
     x, _, _, dy = data(rng, N, I, O, dtype)
     X, DY = f64(x, dy)
     want, scale = X.T @ DY, np.abs(X).T @ np.abs(DY)
-    rungs = serial_dw(mc, kc) + [lambda x, dy, dw: L.dw_parallel(x, dy, dw, mc, kc, threads)]
+    rungs = serial_dw(mc, kc, wide) + [lambda x, dy, dw: L.dw_parallel(x, dy, dw, mc, kc, threads, wide)]
     for rung in rungs:
         dw = nan((I, O), dtype)
         rung(x, dy, dw)
         assert_close(dw, want, scale, N, dtype)
     dw, db = nan((I, O), dtype), nan(O, dtype)
-    L.dw_db_fused(x, dy, dw, db, mc, kc, threads)
+    L.dw_db_fused(x, dy, dw, db, mc, kc, threads, wide)
     assert_close(dw, want, scale, N, dtype)
     assert_close(db, DY.sum(0), np.abs(DY).sum(0), N, dtype)
 
@@ -73,17 +76,17 @@ def test_weight_grad_rungs(rng, threads, dtype, shape, blocks):
 @pytest.mark.parametrize("blocks", BLOCKS, ids=str)
 def test_forward_rungs(rng, threads, dtype, shape, blocks):
     N, I, O = shape
-    mc, kc = blocks
+    mc, kc, wide = blocks
     x, w, b, _ = data(rng, N, I, O, dtype)
     X, W, B = f64(x, w, b)
     want, scale = X @ W, np.abs(X) @ np.abs(W)
-    rungs = serial_y(mc, kc) + [lambda x, w, y: L.y_parallel(x, w, y, mc, kc, threads)]
+    rungs = serial_y(mc, kc, wide) + [lambda x, w, y: L.y_parallel(x, w, y, mc, kc, threads, wide)]
     for rung in rungs:
         y = nan((N, O), dtype)
         rung(x, w, y)
         assert_close(y, want, scale, I, dtype)
     y = nan((N, O), dtype)
-    L.y_fused(x, w, b, y, mc, kc, threads)
+    L.y_fused(x, w, b, y, mc, kc, threads, wide)
     assert_close(y, np.maximum(want + B, 0), scale + np.abs(B), I, dtype)
 
 
@@ -92,11 +95,11 @@ def test_forward_rungs(rng, threads, dtype, shape, blocks):
 @pytest.mark.parametrize("blocks", BLOCKS, ids=str)
 def test_input_grad_rungs(rng, threads, dtype, shape, blocks):
     N, I, O = shape
-    mc, kc = blocks
+    mc, kc, wide = blocks
     _, w, _, dy = data(rng, N, I, O, dtype)
     DY, W = f64(dy, w)
     want, scale = DY @ W.T, np.abs(DY) @ np.abs(W).T
-    rungs = serial_dx(mc, kc) + [lambda dy, w, dx: L.dx_parallel(dy, w, dx, mc, kc, threads)]
+    rungs = serial_dx(mc, kc, wide) + [lambda dy, w, dx: L.dx_parallel(dy, w, dx, mc, kc, threads, wide)]
     for rung in rungs:
         dx = nan((N, I), dtype)
         rung(dy, w, dx)
@@ -105,7 +108,7 @@ def test_input_grad_rungs(rng, threads, dtype, shape, blocks):
     y[y < 0] = 0
     DM = np.where(y > 0, DY, 0)
     dx = nan((N, I), dtype)
-    L.dx_fused(dy, w, y, dx, mc, kc, threads)
+    L.dx_fused(dy, w, y, dx, mc, kc, threads, wide)
     assert_close(dx, DM @ W.T, np.abs(DM) @ np.abs(W).T, O, dtype)
 
 
@@ -132,7 +135,7 @@ def test_relu_epilogue_propagates_nan_and_zeroes_negatives():
     w = np.array([[2.0, -3.0]])
     b = np.array([0.5, 0.0])
     y = nan((3, 2), np.float64)
-    L.y_fused(x, w, b, y, 2, 1, 1)
+    L.y_fused(x, w, b, y, 2, 1, 1, False)
     np.testing.assert_array_equal(y, np.maximum(x @ w + b, 0))
     assert np.isnan(y[2]).all() and y[0, 1] == 0 and y[1, 0] == 0
 
@@ -140,12 +143,12 @@ def test_relu_epilogue_propagates_nan_and_zeroes_negatives():
 def test_empty_batch_gives_zero_gradients(threads):
     """N = 0: dw and db are sums over no rows, so exactly zero (and written, not left as NaN)."""
     x, dy = np.zeros((0, 5)), np.zeros((0, 3))
-    for rung in serial_dw(4, 4) + [lambda x, dy, dw: L.dw_parallel(x, dy, dw, 4, 4, threads)]:
+    for rung in serial_dw(4, 4, False) + [lambda x, dy, dw: L.dw_parallel(x, dy, dw, 4, 4, threads, False)]:
         dw = nan((5, 3), np.float64)
         rung(x, dy, dw)
         np.testing.assert_array_equal(dw, 0)
     dw, db = nan((5, 3), np.float64), nan(3, np.float64)
-    L.dw_db_fused(x, dy, dw, db, 4, 4, threads)
+    L.dw_db_fused(x, dy, dw, db, 4, 4, threads, False)
     np.testing.assert_array_equal(dw, 0)
     np.testing.assert_array_equal(db, 0)
 
@@ -153,15 +156,15 @@ def test_empty_batch_gives_zero_gradients(threads):
 def test_empty_sum_gives_zero_outputs(threads):
     """I = 0 (forward) and O = 0 (dx): sums over nothing, so y = b after the ReLU and dx = 0."""
     x, w, b = np.zeros((5, 0)), np.zeros((0, 3)), np.array([1.0, -1.0, 2.0])
-    for rung in serial_y(4, 4) + [lambda x, w, y: L.y_parallel(x, w, y, 4, 4, threads)]:
+    for rung in serial_y(4, 4, False) + [lambda x, w, y: L.y_parallel(x, w, y, 4, 4, threads, False)]:
         y = nan((5, 3), np.float64)
         rung(x, w, y)
         np.testing.assert_array_equal(y, 0)
     y = nan((5, 3), np.float64)
-    L.y_fused(x, w, b, y, 4, 4, threads)
+    L.y_fused(x, w, b, y, 4, 4, threads, False)
     np.testing.assert_array_equal(y, np.maximum(np.zeros((5, 3)) + b, 0))
     dy, w = np.zeros((5, 0)), np.zeros((4, 0))
-    for rung in serial_dx(4, 4) + [lambda dy, w, dx: L.dx_parallel(dy, w, dx, 4, 4, threads)]:
+    for rung in serial_dx(4, 4, False) + [lambda dy, w, dx: L.dx_parallel(dy, w, dx, 4, 4, threads, False)]:
         dx = nan((5, 4), np.float64)
         rung(dy, w, dx)
         np.testing.assert_array_equal(dx, 0)

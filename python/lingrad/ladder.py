@@ -24,6 +24,7 @@ import numpy.typing as npt
 
 import lingrad
 from lingrad import kernels as K
+from lingrad import plan as P
 from lingrad.kernels import ladder as L
 
 from .timing import blas_threads, interleaved_min
@@ -65,14 +66,15 @@ def within_bound(got: np.ndarray, ref64: np.ndarray, scale: np.ndarray, k: int,
     return bool(np.all(np.abs(got.astype(np.float64) - ref64) <= (k + 2) * eps * scale + 1e-300))
 
 
-def blocks(op: str, I: int, O: int) -> Tuple[int, int]:
-    """(mc, kc) for rungs 6-8, from kernels/config.py as lingrad.plan chooses them: the
+def blocks(op: str, I: int, O: int, itemsize: int) -> Tuple[int, int, bool]:
+    """(mc, kc, wide) for rungs 4-8, from kernels/config.py as lingrad.plan chooses them: the
     forward and dx take a summed axis up to KC_MAX whole (else KC_BLOCK slices) and MC rows
-    of C per block; dw takes KC_DW rows of the batch by MC_DW outputs per block."""
+    of C per block; dw takes KC_DW rows of the batch by MC_DW outputs per block; wide: the
+    register block is MR_WIDE x NV_WIDE (plan.wide_tile, for C's columns and the sum)."""
     if op == "dw":
-        return K.MC_DW, K.KC_DW
-    k = I if op == "forward" else O
-    return K.MC, (k if k <= K.KC_MAX else K.KC_BLOCK)
+        return K.MC_DW, K.KC_DW, bool(P.wide_tile(I, None, itemsize))
+    k, n = (I, O) if op == "forward" else (O, I)
+    return K.MC, (k if k <= K.KC_MAX else K.KC_BLOCK), bool(P.wide_tile(n, k, itemsize))
 
 
 def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int, T: int) -> List[Rung]:
@@ -80,7 +82,7 @@ def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int
     N, I = x.shape
     O = dy.shape[1]
     dt = x.dtype
-    mc, kc = blocks("dw", I, O)
+    mc, kc, wide = blocks("dw", I, O, dt.itemsize)
     dw, db = np.empty((I, O), dt), np.empty(O, dt)
     xs, dys = x[:n_naive], dy[:n_naive]
     X, DY = x.astype(np.float64), dy.astype(np.float64)
@@ -92,7 +94,7 @@ def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int
     f, f_db = 2 * N * I * O, 2 * N * I * O + N * O
 
     def unfused() -> None:
-        L.dw_parallel(x, dy, dw, mc, kc, T)
+        L.dw_parallel(x, dy, dw, mc, kc, T, wide)
         L.db_parallel(dy, db, T)
 
     return [
@@ -102,16 +104,16 @@ def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int
         Rung("3", "dw_register: 4x4 block of x in registers", 1, f,
              lambda: L.dw_register(x, dy, dw), check_dw, "2"),
         Rung("4", f"dw_micro: micro-kernel, {kc} rows a step", 1, f,
-             lambda: L.dw_micro(x, dy, dw, kc), check_dw, "3"),
+             lambda: L.dw_micro(x, dy, dw, kc, wide), check_dw, "3"),
         Rung("5", "dw_packed: + dy.T packed in micro-panels", 1, f,
-             lambda: L.dw_packed(x, dy, dw, kc), check_dw, "4"),
+             lambda: L.dw_packed(x, dy, dw, kc, wide), check_dw, "4"),
         Rung("6", f"dw_blocked: five loops, {kc} x {mc} blocks", 1, f,
-             lambda: L.dw_blocked(x, dy, dw, mc, kc), check_dw, "5"),
+             lambda: L.dw_blocked(x, dy, dw, mc, kc, wide), check_dw, "5"),
         Rung("7", "dw_parallel: prange, per-thread partials", T, f,
-             lambda: L.dw_parallel(x, dy, dw, mc, kc, T), check_dw, "6"),
+             lambda: L.dw_parallel(x, dy, dw, mc, kc, T, wide), check_dw, "6"),
         Rung("7+", "rung 7, then db in a second pass over dy", T, f_db, unfused, check_dw_db),
         Rung("8", "dw_db_fused: db summed while dy is packed", T, f_db,
-             lambda: L.dw_db_fused(x, dy, dw, db, mc, kc, T), check_dw_db, "7+"),
+             lambda: L.dw_db_fused(x, dy, dw, db, mc, kc, T, wide), check_dw_db, "7+"),
         Rung("lg", "lingrad.weight_grad(x, dy)", T, f, lambda: lingrad.weight_grad(x, dy, out=dw),
              check_dw, "7"),
         Rung("lg", "lingrad.linear_backward(need_dx=False)", T, f_db,
@@ -126,7 +128,7 @@ def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: 
     """The rows for y = x @ w (and + b, then ReLU, in rung 8)."""
     N, I = x.shape
     O = w.shape[1]
-    mc, kc = blocks("forward", I, O)
+    mc, kc, wide = blocks("forward", I, O, x.itemsize)
     y = np.empty((N, O), x.dtype)
     xs = x[:n_naive]
     X, W, B = x.astype(np.float64), w.astype(np.float64), b.astype(np.float64)
@@ -137,7 +139,7 @@ def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: 
     f, f_relu = 2 * N * I * O, 2 * N * I * O + 2 * N * O
 
     def unfused() -> None:
-        L.y_parallel(x, w, y, mc, kc, T)
+        L.y_parallel(x, w, y, mc, kc, T, wide)
         L.bias_relu(y, b)
 
     return [
@@ -145,15 +147,15 @@ def forward_rungs(x: np.ndarray, w: np.ndarray, b: np.ndarray, n_naive: int, T: 
              lambda: L.y_naive(xs, w, y[:n_naive]), check_small, rows_timed=(n_naive, N)),
         Rung("2", "y_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.y_rows(x, w, y), check_y, "1"),
         Rung("3", "y_register: 4x4 block of x in registers", 1, f, lambda: L.y_register(x, w, y), check_y, "2"),
-        Rung("4", "y_micro: micro-kernel, tile of y in regs", 1, f, lambda: L.y_micro(x, w, y), check_y, "3"),
-        Rung("5", "y_packed: + w packed in micro-panels", 1, f, lambda: L.y_packed(x, w, y), check_y, "4"),
+        Rung("4", "y_micro: micro-kernel, tile of y in regs", 1, f, lambda: L.y_micro(x, w, y, wide), check_y, "3"),
+        Rung("5", "y_packed: + w packed in micro-panels", 1, f, lambda: L.y_packed(x, w, y, wide), check_y, "4"),
         Rung("6", f"y_blocked: five loops, {kc} x {mc} blocks", 1, f,
-             lambda: L.y_blocked(x, w, y, mc, kc), check_y, "5"),
+             lambda: L.y_blocked(x, w, y, mc, kc, wide), check_y, "5"),
         Rung("7", "y_parallel: prange over rows of y", T, f,
-             lambda: L.y_parallel(x, w, y, mc, kc, T), check_y, "6"),
+             lambda: L.y_parallel(x, w, y, mc, kc, T, wide), check_y, "6"),
         Rung("7+", "rung 7, then bias+ReLU in a second pass", T, f_relu, unfused, check_relu),
         Rung("8", "y_fused: bias+ReLU in the epilogue", T, f_relu,
-             lambda: L.y_fused(x, w, b, y, mc, kc, T), check_relu, "7+"),
+             lambda: L.y_fused(x, w, b, y, mc, kc, T, wide), check_relu, "7+"),
         Rung("lg", "lingrad.linear(x, w)", T, f, lambda: lingrad.linear(x, w, out=y), check_y, "7"),
         Rung("lg", "lingrad.linear(x, w, b, relu=True)", T, f_relu,
              lambda: lingrad.linear(x, w, b, relu=True, out=y), check_relu, "8"),
@@ -167,7 +169,7 @@ def input_grad_rungs(dy: np.ndarray, w: np.ndarray, y: np.ndarray, n_naive: int,
     """The rows for dx = dy @ w.T (dy masked by the forward's ReLU output y > 0 in rung 8)."""
     N, O = dy.shape
     I = w.shape[0]
-    mc, kc = blocks("dx", I, O)
+    mc, kc, wide = blocks("dx", I, O, dy.itemsize)
     dx, d = np.empty((N, I), dy.dtype), np.empty((N, O), dy.dtype)
     dys = dy[:n_naive]
     DY, W = dy.astype(np.float64), w.astype(np.float64)
@@ -180,7 +182,7 @@ def input_grad_rungs(dy: np.ndarray, w: np.ndarray, y: np.ndarray, n_naive: int,
 
     def unfused() -> None:
         L.relu_mask(dy, y, d)
-        L.dx_parallel(d, w, dx, mc, kc, T)
+        L.dx_parallel(d, w, dx, mc, kc, T, wide)
 
     return [
         Rung("1", "dx_naive: loops n, i, j (formula order)", 1, 2 * n_naive * I * O,
@@ -189,16 +191,16 @@ def input_grad_rungs(dy: np.ndarray, w: np.ndarray, y: np.ndarray, n_naive: int,
         Rung("3", "dx_register: 4x4 block of dy in registers", 1, f,
              lambda: L.dx_register(dy, w, dx), check_dx, "2"),
         Rung("4", "dx_micro: micro-kernel, tile of dx in regs", 1, f,
-             lambda: L.dx_micro(dy, w, dx), check_dx, "3"),
+             lambda: L.dx_micro(dy, w, dx, wide), check_dx, "3"),
         Rung("5", "dx_packed: + w.T packed in micro-panels", 1, f,
-             lambda: L.dx_packed(dy, w, dx), check_dx, "4"),
+             lambda: L.dx_packed(dy, w, dx, wide), check_dx, "4"),
         Rung("6", f"dx_blocked: five loops, {kc} x {mc} blocks", 1, f,
-             lambda: L.dx_blocked(dy, w, dx, mc, kc), check_dx, "5"),
+             lambda: L.dx_blocked(dy, w, dx, mc, kc, wide), check_dx, "5"),
         Rung("7", "dx_parallel: prange over rows of dx", T, f,
-             lambda: L.dx_parallel(dy, w, dx, mc, kc, T), check_dx, "6"),
+             lambda: L.dx_parallel(dy, w, dx, mc, kc, T, wide), check_dx, "6"),
         Rung("7+", "mask dy by y > 0 in a pass, then rung 7", T, f, unfused, check_masked),
         Rung("8", "dx_fused: mask applied while dy is packed", T, f,
-             lambda: L.dx_fused(dy, w, y, dx, mc, kc, T), check_masked, "7+"),
+             lambda: L.dx_fused(dy, w, y, dx, mc, kc, T, wide), check_masked, "7+"),
         Rung("lg", "lingrad.input_grad(dy, w)", T, f, lambda: lingrad.input_grad(dy, w, out=dx),
              check_dx, "7"),
         Rung("lg", "lingrad.input_grad(dy, w, relu_out=y)", T, f,
@@ -324,6 +326,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"optimisation ladder: x ({N}, {I}), w ({I}, {O}), dy ({N}, {O}), {a.dtype}; "
           f"rungs 1-6 on 1 thread, the rest on {T}; micro-kernel {K.MR} x {K.NV} vectors "
           f"of {K.VECTOR_BYTES} bytes")
+    shapes = {op: blocks(op, I, O, dt.itemsize)[2] for op in ("dw", "forward", "dx")}
+    print("rungs 4-8 on the wide block, " + f"{K.MR_WIDE} x {K.NV_WIDE} vectors (plan.wide_tile): "
+          + (", ".join(op for op, wide in shapes.items() if wide) or "none"))
     titles = {"dw": "weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   "
                     "(rung 8 and '7+': + db)",
               "forward": "forward  y[n, j] = sum_i x[n, i] * w[i, j]   "
