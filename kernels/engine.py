@@ -281,23 +281,26 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
 @njit(**INLINE)
 def micro_tile(a, b, c, bias, offs, dims, flags, wide):
     """One micro-kernel call (micro.micro, out of line) on a tile of dims[1] rows: the copy
-    compiled for the tile's shape, MR x NV or (wide) MR_WIDE x NV_WIDE; a short tile (at
-    most MR_SHORT rows) runs the MR_SHORT-row copy, a single row the one-row copy, of the
-    same width. Inlined into gemm_block's two call sites."""
-    m = dims[1]
+    compiled for the tile's shape, MR x NV or (wide) MR_WIDE x NV_WIDE. Inlined into
+    gemm_block's two call sites."""
     if wide:
-        if m == 1:
-            micro(a, b, c, bias, offs, dims, flags, 1, NV_WIDE)
-        elif m <= MR_SHORT:
-            micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV_WIDE)
-        else:
-            micro(a, b, c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)
-    elif m == 1:
-        micro(a, b, c, bias, offs, dims, flags, 1, NV)
-    elif m <= MR_SHORT:
-        micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV)
+        micro_rows(a, b, c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)
     else:
-        micro(a, b, c, bias, offs, dims, flags, MR, NV)
+        micro_rows(a, b, c, bias, offs, dims, flags, MR, NV)
+
+
+@njit(**INLINE)
+def micro_rows(a, b, c, bias, offs, dims, flags, rows, nv):
+    """micro_tile's call for a block of rows x nv vectors (constants): a short tile (at most
+    MR_SHORT rows) runs the MR_SHORT-row copy, a single row the one-row copy, of the same
+    width."""
+    m = dims[1]
+    if m == 1:
+        micro(a, b, c, bias, offs, dims, flags, 1, nv)
+    elif m <= MR_SHORT:
+        micro(a, b, c, bias, offs, dims, flags, MR_SHORT, nv)
+    else:
+        micro(a, b, c, bias, offs, dims, flags, rows, nv)
 
 
 @njit(**JIT)
