@@ -360,8 +360,13 @@ def dot_block(A, B, C, Y, bias, m0, m1, K, N, relu, masked):
     cbuf, coff, ldc = C
     fl = (bias.size > 0, relu)
     rows = np.empty(DOT_ACC * K if masked else 0, A[0].dtype)
-    for q0 in range(m0, m1, DOT_ACC):  # DOT_ACC rows of A at a time (in L1), for every group
-        q1 = min(q0 + DOT_ACC, m1)
+    # DOT_ACC rows of A at a time (in L1), for every group of columns; all the rows in one
+    # pass when one group holds every column and A is read in place (dot_rows then loops
+    # over the rows itself: a call of dot_rows per DOT_ACC rows cost about 34 ns, a third of
+    # the forward of 50000 x 50 -> 1 on Zen 4)
+    step = DOT_ACC if masked or N > DOT_COLS or m1 - m0 <= 1 else m1 - m0
+    for q0 in range(m0, m1, step):
+        q1 = min(q0 + step, m1)
         abuf, aoff, ars = A[0], A[1], A[2]
         if masked:  # row q of d at rows[(q - q0) * K]
             masked_rows(A, Y, q0, q1, K, rows)

@@ -289,15 +289,35 @@ def transpose_tile(typingctx, src, dst, offs):
     return types.void(src, dst, offs), codegen
 
 
-def _hsum(builder, v):
-    """The sum of v's lanes: halves added pairwise (log2(lanes) rounds), lane 0 returned."""
-    n = v.type.count
-    while n > 1:
-        n //= 2
-        lo = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n))))
-        hi = builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), list(range(n, 2 * n))))
-        v = builder.fadd(lo, hi)
-    return builder.extract_element(v, I32(0))
+def _hsums(builder, vecs):
+    """The lane sums of several vectors, as a list of scalars: pairs of vectors folded into
+    one, each half of a block of lanes added to the other half (a two-source shuffle and
+    an add per pair), until one block per vector is left: 2 * (count - 1) shuffles and
+    count - 1 adds for count vectors of as many lanes, where summing one vector at a time
+    takes 2 * log2(lanes) shuffles and log2(lanes) adds each. The vectors are padded with zeros
+    to a power of two; their order is kept (lane i of the last vector holds vector i's sum)."""
+    n = vecs[0].type.count
+    zero = ir.Constant(vecs[0].type, [0.0] * n)
+    count = len(vecs)
+    vecs = vecs + [zero] * ((1 << (count - 1).bit_length()) - count)
+    block = n  # lanes per block: each block holds part of one input vector's sum
+    while len(vecs) > 1 and block > 1:
+        half = block // 2
+        lo = [src + b0 + t for src in (0, n) for b0 in range(0, n, block) for t in range(half)]
+        hi = [i + half for i in lo]
+        idx = [ir.Constant(ir.VectorType(I32, n), v) for v in (lo, hi)]
+        vecs = [builder.fadd(builder.shuffle_vector(u, v, idx[0]), builder.shuffle_vector(u, v, idx[1]))
+                for u, v in zip(vecs[0::2], vecs[1::2])]
+        block = half
+    step, sums = block, []
+    for v in vecs:  # one vector left with blocks of several lanes, or blocks of one lane
+        while block > 1:  # fold each block's halves within the vector: each lane holds its sum
+            half = block // 2
+            swap = [i + half if i % block < half else i - half for i in range(n)]
+            v = builder.fadd(v, builder.shuffle_vector(v, v, ir.Constant(ir.VectorType(I32, n), swap)))
+            block = half
+        sums += [builder.extract_element(v, I32(i)) for i in range(0, n, step)]
+    return sums[:count]
 
 
 @intrinsic
@@ -319,7 +339,8 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
     - The k loop runs over whole vectors of VECTOR_BYTES, the last one by masked loads
       (lanes past kc are never read): rows * cols accumulators, phi nodes as in micro, so
       in registers; rows + cols vector loads and rows * cols FMAs per vector of k.
-    - Each accumulator is then summed across its lanes (halves added pairwise).
+    - The accumulators are then summed across their lanes together (_hsums: pairs of
+      vectors folded into one, halves of lanes added, until one lane per accumulator).
     - Rows r >= m read row 0 of A and are never stored.
     - ReLU keeps NaN, as in micro. Serial; no state.
     """
@@ -400,11 +421,12 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
             bval.add_incoming(czero, done)
             bval.add_incoming(loaded[j], with_bias)
             bvals.append(bval)
+        total = _hsums(builder, [sums[r][j] for r in range(R) for j in range(J)])
         for r in range(R):
             with builder.if_then(builder.icmp_signed("<", I64(r), m)):
                 base = builder.add(ic, builder.mul(I64(r), ldc))
                 for j in range(J):
-                    val = _hsum(builder, sums[r][j])
+                    val = total[r * J + j]
                     if celt != elt:  # a float64 C of float32 operands (the engine's dw scratch)
                         val = builder.fpext(val, celt)
                     val = builder.fadd(val, bvals[j])
