@@ -28,7 +28,9 @@ from numba.core.dispatcher import Dispatcher
 
 import lingrad
 
-ESTIMATE = "about 5 to 15 s"  # 2-core Zen 5, 2026-12-04: 6-10 s for a first ReLU layer, 10-12 s for all
+# 2-core Zen 5, 2026-12-04: 6-10 s for a first ReLU layer, 10-12 s for all; 2-core Zen 4,
+# 2026-12-06 (with the wide register block's copies): 10.6-11.1 s and 16.7 s
+ESTIMATE = "about 5 to 20 s"
 KERNELS = "lingrad.kernels."
 # The study path's rungs (python -m lingrad ladder): compiled by the ladder itself,
 # not by the API, so neither announced nor warmed here.
