@@ -95,12 +95,12 @@ def pack_dt_panel(A, Y, masked, m, rows, k0, kc, mr, out, db, want_db):
     d.T from a C-order d (A's row stride 1); db[m + r] += each value when want_db. Serial.
 
     rows adjacent values per k, copied as slices (pack_dt_rows); for a whole panel the
-    length and stride are the constant MR or MR_WIDE, so LLVM unrolls the copy. Each flag is tested outside the
-    loops; db is summed from the packed panel (in L1) in a second pass, by colsum_quads.
-    With the flags
-    tested inside the k loop, 30000 x 96 float32 took 6.1 ms to pack on Zen 5, so, 0.6 ms
-    (1 thread, dw of 30000 x 32 -> 96); masked, 50000 x 48: 10.8 ms with the ReLU's
-    choice a branch, 2.3 ms as a select, 5.3 ms with a variable length for whole panels.
+    length and stride are the constant MR or MR_WIDE, so LLVM unrolls the copy. Each flag
+    is tested outside the loops; db is summed from the packed panel (in L1) in a second
+    pass, by colsum_quads. With the flags tested inside the k loop, 30000 x 96 float32
+    took 6.1 ms to pack on Zen 5, so, 0.6 ms (1 thread, dw of 30000 x 32 -> 96); masked,
+    50000 x 48: 10.8 ms with the ReLU's choice a branch, 2.3 ms as a select, 5.3 ms with a
+    variable length for whole panels.
     """
     if rows == MR and mr == MR:
         pack_dt_rows(A, Y, masked, m, MR, k0, kc, MR, out)

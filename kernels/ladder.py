@@ -35,7 +35,8 @@ tests can use odd ones; python -m lingrad ladder passes kernels/config.py's.
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, MR, MR_WIDE, NV, NV_WIDE, PJIT, VECTOR_BYTES
+from .config import JIT, MR, MR_WIDE, NV, NV_WIDE, PJIT
+from .engine import tile_shape
 from .micro import micro
 
 
@@ -253,17 +254,6 @@ def dx_register(dy, w, dx):
 
 # ---- views: a matrix as (flat buffer, offset, row stride, column stride) ----------------
 @njit(**JIT)
-def block(a, wide):
-    """(MR, NR) of the register block for a's dtype: MR x NV vectors, or with wide the
-    MR_WIDE x NV_WIDE block (6 x 4 vectors with AVX-512: the same 24 accumulators, half
-    the broadcasts of A per multiply-add; lingrad.plan.wide_tile chooses, as for the
-    engine)."""
-    if wide:
-        return MR_WIDE, NV_WIDE * (VECTOR_BYTES // a.itemsize)
-    return MR, NV * (VECTOR_BYTES // a.itemsize)
-
-
-@njit(**JIT)
 def rows_of(a):
     """a (R, S), C order, as the view (flat buffer, 0, S, 1)."""
     return a.reshape(a.size), 0, a.shape[1], 1
@@ -301,10 +291,12 @@ def tiles(A, B, C, M, K, N, flags, bias, jr_outer, wide):
     jr_outer: the jr loop outside ir (BLIS's order, rung 6's five loops: one panel of
     B stays in L1 while every tile of rows uses it) or inside (rungs 4-5: MR rows of A
     stay in L1 while every panel of B passes), both as one loop over the tiles.
-    wide: the tiles are MR_WIDE x NV_WIDE vectors (block).
+    wide: the tiles are MR_WIDE x NV_WIDE vectors, the engine's wide block
+    (engine.tile_shape: 6 x 4 vectors with AVX-512, the same 24 accumulators, half the
+    broadcasts of A per multiply-add; lingrad.plan.wide_tile chooses, as for the engine).
     """
     c, co, ldc = C
-    mr, nr = block(c, wide)
+    mr, nr = tile_shape(c, wide)
     ni, nj = -(-M // mr), -(-N // nr)
     for t in range(ni * nj):
         if jr_outer:
@@ -462,7 +454,7 @@ def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta, wide):
     far apart; with packed_a, A is packed into MR-row micro-panels. An operand
     not packed is read in place (B: with contiguous rows).
     """
-    mr, nr = block(c, wide)
+    mr, nr = tile_shape(c, wide)
     none = np.empty(0, c.dtype)
     ap = np.empty(-(-M // mr) * mr * K if packed_a else 0, A[0].dtype)
     bp = np.empty(-(-N // nr) * nr * K if packed_b else 0, B[0].dtype)
@@ -538,7 +530,7 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
     in registers; the mask and db applied in pack_a.
     """
     c, co, ldc = C
-    mr, nr = block(c, wide)
+    mr, nr = tile_shape(c, wide)
     kmax = min(kc, max(K, 1))
     ap = np.empty(-(-min(mc, M) // mr) * mr * kmax if packed_a else 0, A[0].dtype)
     bp = np.empty(0 if b_in_place else -(-N // nr) * nr * kmax, A[0].dtype)
