@@ -4,7 +4,7 @@ register tile transpose that packing w.T uses).
 Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 
     C[r, p] := beta * C[r, p] + sum_{k < kc} A[r, k] * B[k, p]  (+ bias[p])  (then ReLU)
-    for 0 <= r < m <= rows and 0 <= p < n <= NR = NV * (VECTOR_BYTES / itemsize)
+    for 0 <= r < m <= rows and 0 <= p < n <= NR = nv * (VECTOR_BYTES / itemsize)
 
     A[r, k] = a[ia + r * rsa + k * csa]   any strides: one scalar per (r, k), broadcast
     B[k, p] = b[ib + k * ldb + p]         contiguous lanes per k: a packed micro-panel, or
@@ -13,8 +13,9 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
     bias[p] = bias[ibias + p]             read only when use_bias
 
     offs = (ia, rsa, csa, ib, ldb, ic, ldc, ibias), dims = (kc, m, n),
-    flags = (beta, use_bias, relu), all scalars; rows, a constant, is the height of
-    the register block (config.MR, or MR_SHORT for the short tiles of a short M).
+    flags = (beta, use_bias, relu), all scalars; rows and nv, constants, are the height
+    and the width in vectors of the register block (config.MR x NV, or the wide MR_WIDE x
+    NV_WIDE; MR_SHORT or 1 rows for the short tiles of a short M).
 
 - With beta False C is never read (BLIS's beta = 0).
 - C may be float64 while A and B are float32: the block is converted once,
@@ -26,7 +27,7 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 - ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
 - Each k prefetches B's row k + PREFETCH (a hint, never a fault): B read in
   place has rows far apart, which the hardware prefetchers do not follow.
-- Serial; no state. One function per (A, B, C, bias dtype, rows), out of line
+- Serial; no state. One function per (A, B, C, bias dtype, rows, nv), out of line
   (``_outlined``: linkonce_odr, noinline), so every call site runs the same
   machine code whatever the constants of its caller: inlined, LLVM propagated
   a caller's constants into the k loop, unrolled it at some sites and spilled

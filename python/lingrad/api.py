@@ -165,7 +165,7 @@ Prepared = namedtuple("Prepared", ["threads", "whole", "nr", "K", "N", "dtype", 
 def _prepare(plan, dtype, cdtype, relu=False, partial=0, accumulate=False):
     """The constant part of one product's kernel calls (see _gemm)."""
     E = K.engine
-    nr = (K.NV_WIDE if plan.blocks[3] else K.NV) * (K.VECTOR_BYTES // dtype.itemsize)  # tile_shape
+    nr = P.tile_columns(plan.blocks[3], dtype.itemsize)
     whole = -(-plan.N // nr) * nr * plan.K if plan.b_mode == E.WHOLE else 0
     flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db, bool(accumulate))
     return Prepared(plan.threads, whole, nr, plan.K, plan.N, dtype, _EMPTY[dtype][0], _EMPTY[cdtype][0],

@@ -120,11 +120,16 @@ def wide_tile(N: int, Kdim: Optional[int], itemsize: int) -> int:
     at least WIDE_MIN_K long (kernels/config.py)."""
     if N < 1 or K.NV_WIDE == K.NV or Kdim is not None and Kdim < K.WIDE_MIN_K:
         return 0
-    lanes = K.VECTOR_BYTES // itemsize
 
-    def fill(nv: int) -> float:
-        return N / (-(-N // (nv * lanes)) * nv * lanes)
-    return int(fill(K.NV_WIDE) >= K.WIDE_FILL * fill(K.NV))
+    def fill(wide: int) -> float:
+        nr = tile_columns(wide, itemsize)
+        return N / (-(-N // nr) * nr)
+    return int(fill(1) >= K.WIDE_FILL * fill(0))
+
+
+def tile_columns(wide: int, itemsize: int) -> int:
+    """NR, the columns of the register block a plan's blocks[3] names (engine.tile_shape's)."""
+    return (K.NV_WIDE if wide else K.NV) * (K.VECTOR_BYTES // itemsize)
 
 
 def explain(plan: Plan) -> str:
