@@ -620,6 +620,17 @@ def colsum_quads(buf, off, rs, n0, n1, acc):
             acc[j] += r[j]
 
 
+@njit(**JIT)
+def colsum_into(D, Y, masked, N, db, accumulate):
+    """db (+)= d.sum(0) on the calling thread: colsum_rows' float64 sums of all N rows,
+    rounded once into db (O,). One kernel call for a serial db (colsum and merge_part
+    otherwise). Serial."""
+    part = np.zeros((1, db.shape[0]))
+    colsum_rows(0, D, Y, masked, N, part, 1)
+    for j in range(db.shape[0]):
+        db[j] = db[j] + part[0, j] if accumulate else part[0, j]
+
+
 @njit(**PJIT)
 def colsum(task, D, Y, masked, N, part, T):
     """colsum_rows (its address: task, see run) on T threads: thread t sums rows t*N//T to

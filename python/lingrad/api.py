@@ -432,8 +432,11 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
         else:
             _gemm(g, (X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y)
     if e.need_db:
+        T = e.plans.db_threads
+        if db_acc is None and T == 1:
+            E.colsum_into(D, Y, e.masked, e.N, db, e.accumulate)
+            return
         if db_acc is None:
-            T = e.plans.db_threads
             db_acc = np.zeros((T, e.O))
             _launch(E.colsum, E.colsum_rows, T, D, Y, e.masked, e.N, db_acc)
         E.merge_part(0, db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)

@@ -154,11 +154,13 @@ def describe(fwd: P.Calls, bwd: P.Calls, N: int, I: int, O: int, dtype: "npt.DTy
         lines.append("  x is copied once to C order first (dw's long-batch path reads x along I)")
     if bwd.db_threads:
         T = bwd.db_threads
-        run = ("serial: kernels/engine.py colsum_rows" if T == 1 else
+        run = ("serial: kernels/engine.py colsum_into -> colsum_rows; float64 sums rounded once "
+               "into db" if T == 1 else
                f"parallel on {T} threads over the batch, each into its own float64 partial: "
-               f"kernels/engine.py colsum (prange) -> colsum_rows")
-        lines.append(f"  db = d.sum(0), alone: {run}; float64 sums rounded once into db "
-                     f"(engine.merge_part){'; the ReLU mask applied as d is read' if relu else ''}")
+               f"kernels/engine.py colsum (prange) -> colsum_rows; float64 sums rounded once "
+               f"into db (engine.merge_part)")
+        lines.append(f"  db = d.sum(0), alone: {run}"
+                     f"{'; the ReLU mask applied as d is read' if relu else ''}")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 KERNELS = ["gemm", "gemm_task", "narrow", "narrow_task", "pack_whole_b", "pack_panels", "merge",
-           "merge_part", "colsum", "colsum_rows"]
+           "merge_part", "colsum", "colsum_rows", "colsum_into"]
 
 
 def best_us(f: Callable[[], object], block: int = 200, repeats: int = 200) -> float:

@@ -107,7 +107,10 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
                     E.MASK_A if masked else 0, False, False, False)
     pack_a = masked or not a_unit_k
     mc = K.MC_PACKED if pack_a else K.MC
-    b_mode = E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE
+    # B packed whole once per call serves every thread's rows; on one thread, packing it a
+    # KC block at a time is the same work without a kernel call of its own
+    b_mode = (E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE if T > 1 else
+              E.BLOCK)
     return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc, wide_tile(N, Kdim, itemsize)), pack_a, b_mode,
                 E.MASK_A if masked else 0, False, False, False)
 
