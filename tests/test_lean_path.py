@@ -253,6 +253,22 @@ def test_plans_follow_the_thread_count():
     assert [p.threads for p in made] == [1, 2]  # one plan per count, then both cached
 
 
+def test_thread_count_read_as_numba_reads_it():
+    """api._threads_in_force (Numba's C getter, once the pool is up) answers as
+    numba.get_num_threads does: per setting, and per Python thread (a new thread starts
+    from Numba's default, whatever the caller set)."""
+    import threading
+    seen = []
+    for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+        with lingrad.num_threads(n):
+            seen.append((api._threads_in_force(), numba.get_num_threads(), n))
+            t = threading.Thread(target=lambda: seen.append(
+                (api._threads_in_force(), numba.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+            t.start()
+            t.join()
+    assert len(seen) >= 2 and all(a == b == n for a, b, n in seen), seen
+
+
 def test_cache_is_bounded():
     api.clear_cache()
     with mock.patch.object(api, "_CACHE_MAX", 5):

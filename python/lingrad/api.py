@@ -16,6 +16,7 @@ from collections import namedtuple
 import numba
 import numpy as np
 from numba._dispatcher import compute_fingerprint as _fingerprint
+from numba.np.ufunc import parallel as _numba_parallel
 
 from . import kernels as K
 from . import plan as P
@@ -99,7 +100,8 @@ _may_share_memory = np.may_share_memory
 # stored, so Python threads may share the cache; scratch buffers are allocated per call.
 _CACHE: dict = {}
 _CACHE_MAX = 4096  # entries; the cache is emptied when it is full
-_BY_THREADS = object()  # an entry whose plans depend on the thread count: look up (key, T)
+# An entry whose plans depend on the thread count is stored as {threads: entry} under its
+# key (a dict is never an entry: entries are namedtuples), so the key is hashed once a call.
 
 
 def clear_cache() -> None:
@@ -113,20 +115,31 @@ def _store(key, threads, entry):
     if threads is None:
         _CACHE[key] = entry
     else:
-        _CACHE[(key, threads)] = entry
-        _CACHE[key] = _BY_THREADS
+        by_threads = _CACHE.get(key)
+        if type(by_threads) is not dict:
+            by_threads = _CACHE[key] = {}
+        by_threads[threads] = entry
 
 
-def _lookup(key):
-    """The cached entry for key, or None (also for an unhashable flag). An entry made
-    while lingrad.plan.gemm was another function (tests wrap it) is not used."""
-    try:
-        e = _CACHE.get(key)
-        if e is _BY_THREADS:
-            e = _CACHE.get((key, numba.get_num_threads()))
-    except TypeError:
-        return None
-    return e if e is not None and e[0] is P.gemm else None
+_numba_threads = None  # Numba's own getter of the calling thread's count, once its pool is up
+
+
+def _threads_in_force():
+    """numba.get_num_threads(): the thread count in force in the calling Python thread.
+
+    numba.get_num_threads takes two locks to check that its pool is up (0.7 us a call on
+    Zen 4); once it has answered, its pool is up for good and the C function it reads the
+    count with (numba.np.ufunc.parallel._get_num_threads, 0.1 us) is called directly. Where
+    a Numba version lacks that function, numba.get_num_threads answers every call."""
+    global _numba_threads
+    get = _numba_threads
+    if get is not None:
+        n = get()
+        if n > 0:
+            return n
+    n = numba.get_num_threads()
+    _numba_threads = getattr(_numba_parallel, "_get_num_threads", None)
+    return n
 
 
 def _writable_apart(out, arrays):
@@ -225,8 +238,8 @@ def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.Arr
                 e = _CACHE.get(key)
             except TypeError:  # an unhashable relu
                 e = key = None
-            if e is _BY_THREADS:
-                e = _lookup(key)
+            if type(e) is dict:
+                e = e.get(_threads_in_force())
             if e is not None and e[0] is P.gemm and (out is None or _writable_apart(out, (x, w, b))):
                 g = e.g
                 X = (x.ravel() if e.xm == 0 else x.T.ravel(), 0, e.xrs, e.xcs)
@@ -274,8 +287,8 @@ def _linear_checked(x, w, b, relu, out, key):
 
 def _threads_for(work):
     """Numba's thread count in force when work may use threads, else None (without asking
-    Numba, which costs about 0.6 us a call): the cache keys on the count only then."""
-    return numba.get_num_threads() if work >= K.SERIAL_WORK else None
+    Numba): the cache keys on the count only then."""
+    return _threads_in_force() if work >= K.SERIAL_WORK else None
 
 
 def linear_backward(x: "np.typing.ArrayLike | None", w: "np.typing.ArrayLike | None",
@@ -357,8 +370,10 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
                 e = _CACHE.get(key)
             except TypeError:  # an unhashable flag
                 e = key = None
-            if e is _BY_THREADS or e is not None and e[0] is not P.gemm:
-                e = _lookup(key)
+            if type(e) is dict:
+                e = e.get(_threads_in_force())
+            if e is not None and e[0] is not P.gemm:
+                e = None
             if e is not None:
                 # what an equal key cannot tell: each out= is writeable and apart (as Out)
                 if e.dx is None:
