@@ -29,16 +29,6 @@ _workqueue_lock = threading.Lock()
 _launch_pid = []  # the process that last launched lingrad's parallel kernels
 
 
-def _gemm_serial(A, B, C, Y, bias, db, bp, dims, blocks, flags, split, T):
-    """engine.gemm on the calling thread: its per-thread task for t = 0 of T = 1, the very
-    code the parallel kernel runs per thread (one compiled copy for both, not two); a
-    plan's dot or axpy product (flags[2], b_mode, DOT or AXPY) by engine.narrow_task."""
-    if flags[2] >= _NARROW:
-        K.engine.narrow_task(0, A, B, C, Y, bias, dims, flags, 1)
-    else:
-        K.engine.gemm_task(0, A, B, C, Y, bias, db, bp, dims, blocks, flags, split, 1)
-
-
 _NARROW = min(K.engine.DOT, K.engine.AXPY)
 _ADDRESS: dict = {}  # (task, Numba's type fingerprint of its arguments) -> address
 
@@ -172,7 +162,7 @@ def _flat(a, mode):
 
 
 Prepared = namedtuple("Prepared", ["threads", "whole", "nr", "K", "N", "dtype", "empty_b", "empty_bias",
-                                   "empty_db", "dims", "blocks", "flags", "split"])
+                                   "empty_db", "dims", "blocks", "flags", "split", "narrow"])
 
 
 def _prepare(plan, dtype, cdtype, relu=False, partial=0, accumulate=False):
@@ -183,40 +173,51 @@ def _prepare(plan, dtype, cdtype, relu=False, partial=0, accumulate=False):
     flags = (plan.pack_a, plan.masked, plan.b_mode, bool(relu), plan.want_db, bool(accumulate))
     return Prepared(plan.threads, whole, nr, plan.K, plan.N, dtype, _EMPTY[dtype][0], _EMPTY[cdtype][0],
                     _EMPTY[np.dtype(np.float64)][1], (plan.M, plan.K, plan.N, partial), plan.blocks,
-                    flags, plan.split)
+                    flags, plan.split, plan.b_mode >= _NARROW)
 
 
-def _gemm(g, A, B, C, Y, bias=None, db=None):
+def _record(g, A, B, C, Y):
+    """The call record of one product prepared as g, on the views A, B, Y = (buf, off, rs,
+    cs) and C = (buf, off, ldc): their offsets and strides, then g's dims, blocks, flags
+    and split, as one int64 array in the layout kernels/engine.py's unpack reads. The
+    record of a cached call is made once, with its entry: the views a cached call takes
+    (C or Fortran order, from offset 0) have the same offsets and strides every time."""
+    return np.array(A[1:] + B[1:] + C[1:] + Y[1:] + g.dims + g.blocks + g.flags + (g.split,),
+                    np.int64)
+
+
+def _gemm(g, p, a, b, c, y, bias=None, db=None):
     """Run one product as prepared: C = A @ B (g.dims' M x K times K x N).
 
-    A, B, Y: operand views; C = (flat buffer, offset, row stride); bias: (N,) contiguous or
-    None; db: (threads, M) float64 partials when the plan sums db. B packed whole first
-    when the plan says so (into a buffer of this call's own).
+    p: its call record (_record); a, b, c, y: the flat buffers of A, B, C and Y (the ReLU
+    output) that p's offsets and strides index; bias: (N,) contiguous or None; db:
+    (threads, M) float64 partials when the plan sums db. B packed whole first when the
+    plan says so (into a buffer of this call's own).
     """
     E = K.engine
     T = g.threads
     bp = g.empty_b
     if g.whole:  # all of B, once: the same panels serve every row block and thread
         bp = np.empty(g.whole, g.dtype)
-        _launch(E.pack_whole_b, E.pack_panels, T, B, g.K, g.N, g.nr, bp)
+        _launch(E.pack_whole_b, E.pack_panels, T, (b,) + tuple(p[3:6].tolist()), g.K, g.N, g.nr,
+                bp)
     if bias is None:
         bias = g.empty_bias
-    if db is None:
-        db = g.empty_db
-    if T == 1:
-        _gemm_serial(A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags, g.split, 1)
-    elif g.flags[2] >= _NARROW:
-        _launch(E.narrow, E.narrow_task, T, A, B, C, Y, bias, g.dims, g.flags)
+    if g.narrow:  # the dot kernel or axpy (flags[2], b_mode, DOT or AXPY)
+        if T == 1:
+            E.narrow_task(0, a, b, c, y, bias, p, 1)
+        else:
+            _launch(E.narrow, E.narrow_task, T, a, b, c, y, bias, p)
+    elif T == 1:
+        E.gemm_task(0, a, b, c, y, bias, g.empty_db if db is None else db, bp, p, 1)
     else:
-        _launch(E.gemm, E.gemm_task, T, A, B, C, Y, bias, db, bp, g.dims, g.blocks, g.flags,
-                g.split)
+        _launch(E.gemm, E.gemm_task, T, a, b, c, y, bias, g.empty_db if db is None else db, bp, p)
 
 
-Forward = namedtuple("Forward", ["planner", "plans", "g", "xm", "xrs", "xcs", "wm", "wrs", "wcs",
-                                 "O", "yshape"])
+Forward = namedtuple("Forward", ["planner", "plans", "g", "p", "xm", "wm", "yshape"])
 Forward.__doc__ = """A cached forward: the planner it was made with, the plans (plan.Calls),
-the prepared product, how x and w are viewed (mode 0 C order, 1 Fortran order; row and
-column strides in elements), O and the shape of y."""
+the prepared product and its call record (_record), how x and w are viewed (mode 0 C
+order, 1 Fortran order) and the shape of y."""
 
 
 def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.ArrayLike | None" = None,
@@ -241,17 +242,10 @@ def linear(x: "np.typing.ArrayLike", w: "np.typing.ArrayLike", b: "np.typing.Arr
             if type(e) is dict:
                 e = e.get(_threads_in_force())
             if e is not None and e[0] is P.gemm and (out is None or _writable_apart(out, (x, w, b))):
-                g = e.g
-                X = (x.ravel() if e.xm == 0 else x.T.ravel(), 0, e.xrs, e.xcs)
-                W = (w.ravel() if e.wm == 0 else w.T.ravel(), 0, e.wrs, e.wcs)
+                xb = x.ravel() if e.xm == 0 else x.T.ravel()
                 if out is None:
                     out = np.empty(e.yshape, dt)
-                if g.threads == 1 and not g.whole:
-                    _gemm_serial(X, W, (out.ravel(), 0, e.O), X,
-                                         g.empty_bias if b is None else b, g.empty_db, g.empty_b,
-                                         g.dims, g.blocks, g.flags, g.split, 1)
-                else:
-                    _gemm(g, X, W, (out.ravel(), 0, e.O), X, b)
+                _gemm(e.g, e.p, xb, w.ravel() if e.wm == 0 else w.T.ravel(), out.ravel(), xb, b)
                 return out
     return _linear_checked(x, w, b, relu, out, key)
 
@@ -276,12 +270,13 @@ def _linear_checked(x, w, b, relu, out, key):
     plans = P.call_plans(N, I, O, x.itemsize, threads or 1, forward=True, x=X[2:], w=W[2:])
     g = _prepare(plans.forward, x.dtype, x.dtype, relu)
     bias = None if b is None else np.ascontiguousarray(b)
-    _gemm(g, X, W, (y.buf.reshape(-1), 0, O), X, bias)
+    C = (y.buf.reshape(-1), 0, O)
+    p = _record(g, X, W, C, X)
+    _gemm(g, p, X[0], W[0], C[0], X[0], bias)
     xm, wm = _mode(x), _mode(w)
     if (key is not None and xm is not None and wm is not None and (b is None or b is bias)
             and y.direct and all(a is c for a, c in zip(arrays, (x, w, b)))):
-        _store(key, threads, Forward(P.gemm, plans, g, xm, X[2], X[3], wm, W[2], W[3], O,
-                                     y.user.shape))
+        _store(key, threads, Forward(P.gemm, plans, g, p, xm, wm, y.user.shape))
     return y.done()
 
 
@@ -338,11 +333,12 @@ def bias_grad(dy: "np.typing.ArrayLike", *, relu_out: "np.typing.ArrayLike | Non
 
 Backward = namedtuple("Backward", ["planner", "plans", "dx", "dw", "merge_dw",
                                    "xm", "xv", "wm", "wv", "dm", "dv", "ym", "yv", "N", "I", "O",
-                                   "dxshape", "masked", "need_db", "accumulate"])
+                                   "dxshape", "masked", "need_db", "accumulate", "recs"])
 Backward.__doc__ = """A cached backward: the planner it was made with, the plans (plan.Calls),
 the prepared dx and dw products (None where not run) and the threads of dw's merge; how x,
 w, dy and relu_out are viewed (mode 0 C order, 1 Fortran order, None not read; the view's
-strides: (rs, cs) of x, of w.T, of dy and of relu_out); N, I, O; dx's shape; the flags."""
+strides: (rs, cs) of x, of w.T, of dy and of relu_out); N, I, O; dx's shape; the flags;
+the call records of dx and dw (_record; None until the entry's first run)."""
 
 
 def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
@@ -403,58 +399,58 @@ def _backward(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate):
                             o1 = np.empty((e.I, e.O), dt)
                     if e.need_db and o2 is None:
                         o2 = np.empty(e.O, dt)
-                    _backward_run(e, D, Y, WT, X, x, o0, o1, o2)
+                    _backward_run(e, D, Y, WT, X, x, o0, o1, o2, e.recs)
                     return o0, o1, o2
     return _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumulate, key)
 
 
-def _backward_run(e, D, Y, WT, X, x, dx, dw, db):
+def _backward_run(e, D, Y, WT, X, x, dx, dw, db, recs=None):
     """The kernels of one backward, as e (a Backward) says: dx, then dw (and db while
     packing d.T when its plan fuses them), then db alone. D, Y, WT, X: views of d, the
     ReLU output (D when not masked), w.T and x; dx, dw, db: C-ordered arrays of their
-    shapes (dw 2-D); x: the array X views (copied to C order for a fused dw)."""
+    shapes (dw 2-D); x: the array X views (copied to C order for a fused dw).
+    recs: the call records of dx and dw (_record) of a cached call, else None, to make
+    them from the views. Returns the records run (None where a product is not)."""
     E = K.engine
+    p_dx = p_dw = None
     if e.dx is not None:
         g = e.dx
         C = (dx.ravel(), 0, e.I)
-        if g.threads == 1 and not g.whole:
-            _gemm_serial(D, WT, C, Y, g.empty_bias, g.empty_db, g.empty_b, g.dims, g.blocks,
-                          g.flags, g.split, 1)
-        else:
-            _gemm(g, D, WT, C, Y)
+        p_dx = _record(g, D, WT, C, Y) if recs is None else recs[0]
+        _gemm(g, p_dx, D[0], WT[0], C[0], Y[0])
     db_acc = None
     if e.dw is not None:
         g = e.dw
         plan = e.plans.dw
+        part = None
         if plan.swap:  # dw.T = d.T @ x into per-thread float64 partials (db summed while
             # packing d.T, when the plan fuses it)
             if e.plans.copy_x:  # x is read in place along I
                 X = view(np.ascontiguousarray(as_rows(x, e.I)))
             acc = np.empty((plan.threads, e.I * e.O))
             part = np.zeros((plan.threads, e.O if plan.want_db else 0))
-            _gemm(g, (D[0], D[1], D[3], D[2]), X, (acc.reshape(-1), 0, e.I), (Y[0], Y[1], Y[3], Y[2]),
-                  db=part)
-            _merge(acc, dw, True, e.accumulate, e.merge_dw)
-            if plan.want_db:
-                db_acc = part
+            A, B, C, V = (D[0], D[1], D[3], D[2]), X, (acc.reshape(-1), 0, e.I), (Y[0], Y[1], Y[3], Y[2])
         elif plan.scratch:  # dw = x.T @ d, float64 sums, rounded once
             acc = np.empty((1, e.I * e.O))
-            _gemm(g, (X[0], X[1], X[3], X[2]), D, (acc.reshape(-1), 0, e.O), Y)
-            _merge(acc, dw, False, e.accumulate, e.merge_dw)
-        elif g.threads == 1 and not g.whole:  # dw = x.T @ d, written in place
-            _gemm_serial((X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y, g.empty_bias,
-                          g.empty_db, g.empty_b, g.dims, g.blocks, g.flags, g.split, 1)
-        else:
-            _gemm(g, (X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y)
+            A, B, C, V = (X[0], X[1], X[3], X[2]), D, (acc.reshape(-1), 0, e.O), Y
+        else:  # dw = x.T @ d, written in place
+            A, B, C, V = (X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y
+        p_dw = _record(g, A, B, C, V) if recs is None else recs[1]
+        _gemm(g, p_dw, A[0], B[0], C[0], V[0], db=part)
+        if plan.swap or plan.scratch:
+            _merge(acc, dw, plan.swap, e.accumulate, e.merge_dw)
+        if plan.want_db:
+            db_acc = part
     if e.need_db:
         T = e.plans.db_threads
         if db_acc is None and T == 1:
             E.colsum_into(D, Y, e.masked, e.N, db, e.accumulate)
-            return
-        if db_acc is None:
-            db_acc = np.zeros((T, e.O))
-            _launch(E.colsum, E.colsum_rows, T, D, Y, e.masked, e.N, db_acc)
-        E.merge_part(0, db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
+        else:
+            if db_acc is None:
+                db_acc = np.zeros((T, e.O))
+                _launch(E.colsum, E.colsum_rows, T, D, Y, e.masked, e.N, db_acc)
+            E.merge_part(0, db_acc, db[None], False, e.accumulate, 1)  # db (O,) as (1, O)
+    return p_dx, p_dw
 
 
 def _merge(acc, out, transposed, accumulate, T):
@@ -521,14 +517,14 @@ def _backward_checked(x, w, dy, relu_out, need_dx, need_dw, need_db, out, accumu
                          need_dx=bool(need_dx), need_dw=bool(need_dw), need_db=bool(need_db))
     e = _prepare_backward(plans, N, I, O, dy, x, w, relu_out, D, X, W, Y, masked, need_db,
                           accumulate)
-    _backward_run(e, D, Y, None if W is None else transposed(W), X, x,
-                  dx.buf if need_dx else None, dw.buf if need_dw else None,
-                  db.buf if need_db else None)
+    recs = _backward_run(e, D, Y, None if W is None else transposed(W), X, x,
+                         dx.buf if need_dx else None, dw.buf if need_dw else None,
+                         db.buf if need_db else None)
     if (key is not None and e.dm is not None and (not masked or e.ym is not None)
             and (not need_dw or e.xm is not None) and (not need_dx or e.wm is not None)
             and all(o is None or o.direct for o in (dx, dw, db))
             and all(a is b for a, b in zip(arrays, (x, w, dy, relu_out)))):
-        _store(key, threads, e)
+        _store(key, threads, e._replace(recs=recs))
     return (dx.done() if need_dx else None, dw.done() if need_dw else None,
             db.done() if need_db else None)
 
@@ -554,4 +550,4 @@ def _prepare_backward(plans, N, I, O, dy, x, w, relu_out, D, X, W, Y, masked, ne
                     None if X is None else _mode(x), None if X is None else X[2:],
                     None if W is None else _mode(w), None if W is None else (W[3], W[2]),
                     _mode(dy), D[2:], None if not masked else _mode(relu_out), Y[2:], N, I, O,
-                    dy.shape[:-1] + (I,), masked, bool(need_db), bool(accumulate))
+                    dy.shape[:-1] + (I,), masked, bool(need_db), bool(accumulate), None)
