@@ -104,7 +104,9 @@ def _path(plan: P.Plan) -> str:
     if plan.b_mode == E.IN_PLACE:
         return (f"short batch (N = {plan.M} <= B_IN_PLACE_ROWS = {K.B_IN_PLACE_ROWS}, {b} contiguous "
                 f"along its rows): {b} read in place, not packed")
-    return f"{b} packed whole once per call, every row block of the batch reads the same panels"
+    if plan.b_mode == E.WHOLE:
+        return f"{b} packed whole once per call, every thread's row blocks read the same panels"
+    return f"{b} packed a KC block at a time (one thread: each block once, every row block reads it)"
 
 
 def describe(fwd: P.Calls, bwd: P.Calls, N: int, I: int, O: int, dtype: "npt.DTypeLike",
