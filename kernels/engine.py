@@ -630,6 +630,16 @@ def colsum_rows(t, D, Y, masked, N, part, T):
             part[p] += v[nb + p]
         for p in range(L):
             acc[p % O] += part[p]
+    elif masked and cs == 1 and Y[3] == 1:
+        # rows of d and y contiguous: each row's where(y > 0, d, 0) added along j, a select
+        # that vectorises (value by value before: 16 x 50 4.1 -> 3.2 us, 1024 x 50 58 -> 12 us,
+        # 50000 x 50 2.7 -> 1.1 ms; 1 thread, Zen 4, bias_grad(dy, relu_out=y) in all)
+        ybuf, yoff, yrs = Y[0], Y[1], Y[2]
+        for n in range(n0, n1):
+            r = buf[off + n * rs: off + n * rs + O]
+            y = ybuf[yoff + n * yrs: yoff + n * yrs + O]
+            for j in range(O):
+                acc[j] += r[j] if y[j] > 0 else 0.0
     elif masked or cs != 1:
         for n in range(n0, n1):
             for j in range(O):
