@@ -212,8 +212,8 @@ def pack_panels(t, B, K, N, nr, dst, T):
     panels = (N + nr - 1) // nr
     p0, p1 = t * panels // T, (t + 1) * panels // T
     if p1 > p0:
-        pack_b(B, B, np.bool_(False), np.int64(0), K, p0 * nr, min(p1 * nr, N) - p0 * nr, nr, K * nr,
-               dst[p0 * K * nr:])
+        pack_b(B, B, np.bool_(False), np.int64(0), K, p0 * nr, min(p1 * nr, N) - p0 * nr, nr,
+               K * nr, dst[p0 * K * nr:])
 
 
 @njit(**PJIT)

@@ -156,11 +156,6 @@ def _mode(a):
     return None
 
 
-def _flat(a, mode):
-    """The (buf, off, rs, cs) view's flat buffer, for a of _mode 0 or 1 (as _checks.view)."""
-    return a.ravel() if mode == 0 else a.T.ravel()
-
-
 Prepared = namedtuple("Prepared", ["threads", "whole", "nr", "K", "N", "dtype", "empty_b", "empty_bias",
                                    "empty_db", "dims", "blocks", "flags", "split", "narrow"])
 
