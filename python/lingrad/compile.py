@@ -29,7 +29,8 @@ from numba.core.dispatcher import Dispatcher
 import lingrad
 
 # 2-core Zen 5, 2026-12-04: 6-10 s for a first ReLU layer, 10-12 s for all; 2-core Zen 4,
-# 2026-12-06 (with the wide register block's copies): 10.6-11.1 s and 16.7 s
+# 2026-12-06 (with the wide register block's copies): 10.6-11.1 s and 16.7 s; later that day
+# (the micro-kernel's stores with and without the bias): 12.1 s and 17-22 s
 ESTIMATE = "about 5 to 20 s"
 KERNELS = "lingrad.kernels."
 # The study path's rungs (python -m lingrad ladder): compiled by the ladder itself,
