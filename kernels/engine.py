@@ -24,9 +24,9 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .config import (COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_SHORT, MR_WIDE, NV,
+from .config import (COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_WIDE, NV,
                      NV_WIDE, PJIT, VECTOR_BYTES)
-from .micro import dot, micro, transpose_tile
+from .micro import dot, micro_tile, transpose_tile
 
 
 # how B is read: packed whole once, in place, packed per block; by the dot kernel (as B.T's
@@ -66,7 +66,7 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, mr, dst, db, want_db):
     C-order d by pack_dt_panel. Serial.
     """
     for p0 in range(0, mc, mr):
-        base = (p0 // mr) * kc * mr
+        base = p0 * kc  # (p0 // mr) * kc * mr: p0 steps by mr
         rows = min(mr, mc - p0)
         if A[2] == 1 and (not masked or Y[2] == 1):  # d.T of a C-order d (and mask)
             pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, mr, dst[base: base + kc * mr], db,
@@ -263,7 +263,7 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                 for ir in range(0, mc, mr):
                     m = min(mr, mc - ir)
                     if pack:
-                        ao, ars, acs = (ir // mr) * kc * mr, 1, mr
+                        ao, ars, acs = ir * kc, 1, mr  # (ir // mr) * kc * mr: ir steps by mr
                     else:
                         ao, ars, acs = A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3]
                     co = coff + (ic + ir) * ldc + jr
@@ -279,35 +279,10 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                             offs = (a_at, ars, acs, B[1] + (pc + kq) * B[2] + jr, B[2], co, ldc, jr)
                             micro_tile(abuf, B[0], cbuf, bias, offs, dk, fl, wide)
                         else:
-                            b_at = ((jr // nr) * k1 * nr + (pc + kq) * nr if bmode == WHOLE else
-                                    jr // nr * kc * nr + kq * nr)
+                            b_at = (jr * k1 + (pc + kq) * nr if bmode == WHOLE else  # jr steps by nr
+                                    jr * kc + kq * nr)
                             offs = (a_at, ars, acs, b_at, nr, co, ldc, jr)
                             micro_tile(abuf, bp, cbuf, bias, offs, dk, fl, wide)
-
-
-@njit(**INLINE)
-def micro_tile(a, b, c, bias, offs, dims, flags, wide):
-    """One micro-kernel call (micro.micro, out of line) on a tile of dims[1] rows: the copy
-    compiled for the tile's shape, MR x NV or (wide) MR_WIDE x NV_WIDE. Inlined into
-    gemm_block's two call sites."""
-    if wide:
-        micro_rows(a, b, c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)
-    else:
-        micro_rows(a, b, c, bias, offs, dims, flags, MR, NV)
-
-
-@njit(**INLINE)
-def micro_rows(a, b, c, bias, offs, dims, flags, rows, nv):
-    """micro_tile's call for a block of rows x nv vectors (constants): a short tile (at most
-    MR_SHORT rows) runs the MR_SHORT-row copy, a single row the one-row copy, of the same
-    width."""
-    m = dims[1]
-    if m == 1:
-        micro(a, b, c, bias, offs, dims, flags, 1, nv)
-    elif m <= MR_SHORT:
-        micro(a, b, c, bias, offs, dims, flags, MR_SHORT, nv)
-    else:
-        micro(a, b, c, bias, offs, dims, flags, rows, nv)
 
 
 @njit(**JIT)

@@ -45,7 +45,7 @@ import llvmlite.ir as ir
 from numba import types
 from numba.extending import intrinsic
 
-from .config import DOT_ACC, PREFETCH, VECTOR_BYTES
+from .config import DOT_ACC, MR, MR_SHORT, MR_WIDE, NV, NV_WIDE, PREFETCH, VECTOR_BYTES
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -131,134 +131,175 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows, nv):
     (NV or NV_WIDE): the copy compiled for them."""
     if not (isinstance(rows, types.IntegerLiteral) and isinstance(nv, types.IntegerLiteral)):
         return None  # Numba then retries with the constants' literal types
-    MR, NV = rows.literal_value, nv.literal_value
 
     def codegen(context, builder, sig, args):
-        aty, bty, cty, biasty = sig.args[:4]
-        ia, rsa, csa, ib, ldb, ic, ldc, ibias = _scalars(context, builder, args[4], sig.args[4],
-                                                         types.int64)
-        kc, m, n = _scalars(context, builder, args[5], sig.args[5], types.int64)
-        beta, use_bias, relu = _scalars(context, builder, args[6], sig.args[6], types.boolean)
-        pa, pb, pc, pbias = (context.make_array(t)(context, builder, v).data
-                             for t, v in zip(sig.args[:4], args[:4]))
-        elt = context.get_data_type(bty.dtype)
-        celt = context.get_data_type(cty.dtype)
-        vl = VECTOR_BYTES // context.get_abi_sizeof(elt)
-        vt, cvt = ir.VectorType(elt, vl), ir.VectorType(celt, vl)
-        mt = ir.VectorType(ir.IntType(1), vl)
-        align, calign = context.get_abi_sizeof(elt), context.get_abi_sizeof(celt)
-        fma = f"llvm.fma.{_suffix(vt)}"
-        cload, cstore = f"llvm.masked.load.{_suffix(cvt)}.p0", f"llvm.masked.store.{_suffix(cvt)}.p0"
-        zero, czero = ir.Constant(vt, [0.0] * vl), ir.Constant(cvt, [0.0] * vl)
-
-        def body(builder, pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n,
-                 beta, use_bias, relu):
-            # loop-invariant: the address of each row of A (rows past m read row 0)
-            arow = [builder.gep(pa, [builder.add(ia, builder.mul(
-                builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
-                for r in range(MR)]
-
-            # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
-            masks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), vl) for v in range(NV)]
-            bload = f"llvm.masked.load.{_suffix(vt)}.p0"
-            full = builder.icmp_signed("==", n, I64(NV * vl))
-
-            # the k loop, once with plain loads of B (full tiles) and once with masked ones (an
-            # edge): the accumulators are phi nodes, so they live in registers
-            entry = builder.block
-            start = builder.append_basic_block("micro.start")
-            loops = [builder.append_basic_block(name) for name in ("micro.k", "micro.k.edge")]
-            done = builder.append_basic_block("micro.done")
-            builder.cbranch(builder.icmp_signed(">", kc, I64(0)), start, done)
-            builder.position_at_end(start)
-            builder.cbranch(full, loops[0], loops[1])
-            results = []
-            for loop, edge in zip(loops, (False, True)):
-                builder.position_at_end(loop)
-                k = builder.phi(I64)
-                acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
-                brow = builder.add(ib, builder.mul(k, ldb))
-                bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
-                                        vt.as_pointer()) for v in range(NV)]
-                bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
-                      builder.load(bptr[v], align=align) for v in range(NV)]
-                ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
-                for v in range(NV):
-                    _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
-                        builder.bitcast(builder.gep(pb, [builder.add(ahead, I64(v * vl))]),
-                                        ir.IntType(8).as_pointer()), I32(0), I32(3), I32(1)])
-                kcol = builder.mul(k, csa)
-                new = []
-                for r in range(MR):
-                    s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
-                    new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
-                _loop_back(builder, k, 1, acc, new, start, loop, kc, done, zero)
-                results.append((new, loop))
-
-            builder.position_at_end(done)
-            out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
-            for r in range(MR):
-                for v in range(NV):
-                    out[r][v].add_incoming(zero, entry)
-                    for new, loop in results:
-                        out[r][v].add_incoming(new[r][v], loop)
-            if celt != elt:  # float32 sums into a float64 C
-                out = [[builder.fpext(p, cvt) for p in row] for row in out]
-
-            # the epilogue: the bias, beta, ReLU, the store
-            bias_on = _splat(builder, use_bias, mt)
-            bvals = [_call(builder, cload, cvt, [
-                builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]),
-                                cvt.as_pointer()),
-                I32(calign), builder.and_(masks[v], bias_on), czero]) for v in range(NV)]
-
-            def store(add_old, full, with_bias):
-                """Rows r < m of C: plain vector loads and stores for a full-width tile
-                (masked ones are microcoded on some CPUs), masked ones at an edge; the bias
-                added only in the copy for use_bias."""
-                for r in range(MR):
-                    with builder.if_then(builder.icmp_signed("<", I64(r), m)):
-                        base = builder.add(ic, builder.mul(I64(r), ldc))
-                        for v in range(NV):
-                            ptr = builder.bitcast(builder.gep(pc, [builder.add(base, I64(v * vl))]),
-                                                  cvt.as_pointer())
-                            val = builder.fadd(out[r][v], bvals[v]) if with_bias else out[r][v]
-                            if add_old:
-                                old = (builder.load(ptr, align=calign) if full else
-                                       _call(builder, cload, cvt,
-                                             [ptr, I32(calign), masks[v], czero]))
-                                val = builder.fadd(val, old)
-                            keep = builder.fcmp_unordered(">", val, czero)
-                            val = builder.select(relu, builder.select(keep, val, czero), val)
-                            if full:
-                                builder.store(val, ptr, align=calign)
-                            else:
-                                _call(builder, cstore, ir.VoidType(),
-                                      [val, ptr, I32(calign), masks[v]])
-
-            # one copy of the stores per (beta, full tile, bias): without the bias, adding
-            # its zeros cost an add per vector, and the bias vectors spilled accumulators.
-            # A 12 x 32 float32 call on data in L1 (Zen 4), kc = 1 / 16 / 64: 49 / 174 / 492
-            # -> 33 / 134 / 456 ns; with the bias and ReLU 70 / 168 / 492 -> 46 / 146 / 463 ns.
-            # Compiling the float32 kernels: 16.5-16.8 -> 17.3-17.4 s.
-            for add_old in (True, False):
-                with builder.if_then(beta if add_old else builder.not_(beta)):
-                    with builder.if_else(full) as (then, otherwise):
-                        for branch, whole in ((then, True), (otherwise, False)):
-                            with branch:
-                                with builder.if_else(use_bias) as (biased, plain):
-                                    with biased:
-                                        store(add_old, whole, True)
-                                    with plain:
-                                        store(add_old, whole, False)
-
-        name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}x{NV}"
-        _outlined(builder, name, body,
-                  [pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n, beta,
-                   use_bias, relu])
+        _emit(context, builder, sig, args, rows.literal_value, nv.literal_value)
         return context.get_dummy_value()
 
     return types.void(a, b, c, bias, offs, dims, flags, rows, nv), codegen
+
+
+@intrinsic
+def micro_tile(typingctx, a, b, c, bias, offs, dims, flags, wide):
+    """micro's call for one tile of the engine (engine.gemm_block): the copy for its shape,
+    chosen at run time by a branch in LLVM IR, not in Python: the block MR x NV or, with
+    wide, MR_WIDE x NV_WIDE (plan.wide_tile's choice); a tile of at most MR_SHORT rows (a
+    batch of 1 to 4 rows, the last rows of a short M) the MR_SHORT-row copy of the same
+    width, and a single row (a batch of 1, the d.T of a layer with one output) the one-row
+    copy: 1 broadcast, NV loads and NV FMAs per k (Zen 5, 2026-12-04, a 1 x 32 tile of K =
+    64: 79 ns with the 4-row copy, 49 with the 1-row one).
+
+    An intrinsic, because the same choice in @njit functions inlined into the tile loop
+    made Numba count references to the four arrays around every call (four NRT_incref and
+    four NRT_decref, atomic, per tile; found by sampling with gdb): 50000 x 784 -> 50 dx
+    at 1 thread (Zen 4) ran 6% slower than the ladder's rung 7, which calls micro alone."""
+
+    def codegen(context, builder, sig, args):
+        m = context.cast(builder, builder.extract_value(args[5], 1), sig.args[5][1], types.int64)
+        is_wide = context.cast(builder, args[7], sig.args[7], types.boolean)
+        with builder.if_else(is_wide) as (then, otherwise):
+            for branch, (rows, nv) in ((then, (MR_WIDE, NV_WIDE)), (otherwise, (MR, NV))):
+                with branch:
+                    with builder.if_else(builder.icmp_signed("==", m, I64(1))) as (one, more):
+                        with one:
+                            _emit(context, builder, sig, args, 1, nv)
+                        with more:
+                            short = builder.icmp_signed("<=", m, I64(MR_SHORT))
+                            with builder.if_else(short) as (few, many):
+                                with few:
+                                    _emit(context, builder, sig, args, MR_SHORT, nv)
+                                with many:
+                                    _emit(context, builder, sig, args, rows, nv)
+        return context.get_dummy_value()
+
+    return types.void(a, b, c, bias, offs, dims, flags, wide), codegen
+
+
+def _emit(context, builder, sig, args, MR, NV):
+    """A call of micro's out-of-line copy for an MR x NV block (defined on first use), on
+    the arguments (a, b, c, bias, offs, dims, flags) of an intrinsic's call."""
+    aty, bty, cty, biasty = sig.args[:4]
+    ia, rsa, csa, ib, ldb, ic, ldc, ibias = _scalars(context, builder, args[4], sig.args[4],
+                                                     types.int64)
+    kc, m, n = _scalars(context, builder, args[5], sig.args[5], types.int64)
+    beta, use_bias, relu = _scalars(context, builder, args[6], sig.args[6], types.boolean)
+    pa, pb, pc, pbias = (context.make_array(t)(context, builder, v).data
+                         for t, v in zip(sig.args[:4], args[:4]))
+    elt = context.get_data_type(bty.dtype)
+    celt = context.get_data_type(cty.dtype)
+    vl = VECTOR_BYTES // context.get_abi_sizeof(elt)
+    vt, cvt = ir.VectorType(elt, vl), ir.VectorType(celt, vl)
+    mt = ir.VectorType(ir.IntType(1), vl)
+    align, calign = context.get_abi_sizeof(elt), context.get_abi_sizeof(celt)
+    fma = f"llvm.fma.{_suffix(vt)}"
+    cload, cstore = f"llvm.masked.load.{_suffix(cvt)}.p0", f"llvm.masked.store.{_suffix(cvt)}.p0"
+    zero, czero = ir.Constant(vt, [0.0] * vl), ir.Constant(cvt, [0.0] * vl)
+
+    def body(builder, pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n,
+             beta, use_bias, relu):
+        # loop-invariant: the address of each row of A (rows past m read row 0)
+        arow = [builder.gep(pa, [builder.add(ia, builder.mul(
+            builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
+            for r in range(MR)]
+
+        # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
+        masks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), vl) for v in range(NV)]
+        bload = f"llvm.masked.load.{_suffix(vt)}.p0"
+        full = builder.icmp_signed("==", n, I64(NV * vl))
+
+        # the k loop, once with plain loads of B (full tiles) and once with masked ones (an
+        # edge): the accumulators are phi nodes, so they live in registers
+        entry = builder.block
+        start = builder.append_basic_block("micro.start")
+        loops = [builder.append_basic_block(name) for name in ("micro.k", "micro.k.edge")]
+        done = builder.append_basic_block("micro.done")
+        builder.cbranch(builder.icmp_signed(">", kc, I64(0)), start, done)
+        builder.position_at_end(start)
+        builder.cbranch(full, loops[0], loops[1])
+        results = []
+        for loop, edge in zip(loops, (False, True)):
+            builder.position_at_end(loop)
+            k = builder.phi(I64)
+            acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+            brow = builder.add(ib, builder.mul(k, ldb))
+            bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
+                                    vt.as_pointer()) for v in range(NV)]
+            bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
+                  builder.load(bptr[v], align=align) for v in range(NV)]
+            ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
+            for v in range(NV):
+                _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
+                    builder.bitcast(builder.gep(pb, [builder.add(ahead, I64(v * vl))]),
+                                    ir.IntType(8).as_pointer()), I32(0), I32(3), I32(1)])
+            kcol = builder.mul(k, csa)
+            new = []
+            for r in range(MR):
+                s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
+                new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
+            _loop_back(builder, k, 1, acc, new, start, loop, kc, done, zero)
+            results.append((new, loop))
+
+        builder.position_at_end(done)
+        out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+        for r in range(MR):
+            for v in range(NV):
+                out[r][v].add_incoming(zero, entry)
+                for new, loop in results:
+                    out[r][v].add_incoming(new[r][v], loop)
+        if celt != elt:  # float32 sums into a float64 C
+            out = [[builder.fpext(p, cvt) for p in row] for row in out]
+
+        # the epilogue: the bias, beta, ReLU, the store
+        bias_on = _splat(builder, use_bias, mt)
+        bvals = [_call(builder, cload, cvt, [
+            builder.bitcast(builder.gep(pbias, [builder.add(ibias, I64(v * vl))]),
+                            cvt.as_pointer()),
+            I32(calign), builder.and_(masks[v], bias_on), czero]) for v in range(NV)]
+
+        def store(add_old, full, with_bias):
+            """Rows r < m of C: plain vector loads and stores for a full-width tile
+            (masked ones are microcoded on some CPUs), masked ones at an edge; the bias
+            added only in the copy for use_bias."""
+            for r in range(MR):
+                with builder.if_then(builder.icmp_signed("<", I64(r), m)):
+                    base = builder.add(ic, builder.mul(I64(r), ldc))
+                    for v in range(NV):
+                        ptr = builder.bitcast(builder.gep(pc, [builder.add(base, I64(v * vl))]),
+                                              cvt.as_pointer())
+                        val = builder.fadd(out[r][v], bvals[v]) if with_bias else out[r][v]
+                        if add_old:
+                            old = (builder.load(ptr, align=calign) if full else
+                                   _call(builder, cload, cvt,
+                                         [ptr, I32(calign), masks[v], czero]))
+                            val = builder.fadd(val, old)
+                        keep = builder.fcmp_unordered(">", val, czero)
+                        val = builder.select(relu, builder.select(keep, val, czero), val)
+                        if full:
+                            builder.store(val, ptr, align=calign)
+                        else:
+                            _call(builder, cstore, ir.VoidType(),
+                                  [val, ptr, I32(calign), masks[v]])
+
+        # one copy of the stores per (beta, full tile, bias): without the bias, adding
+        # its zeros cost an add per vector, and the bias vectors spilled accumulators.
+        # A 12 x 32 float32 call on data in L1 (Zen 4), kc = 1 / 16 / 64: 49 / 174 / 492
+        # -> 33 / 134 / 456 ns; with the bias and ReLU 70 / 168 / 492 -> 46 / 146 / 463 ns.
+        # Compiling the float32 kernels: 16.5-16.8 -> 17.3-17.4 s.
+        for add_old in (True, False):
+            with builder.if_then(beta if add_old else builder.not_(beta)):
+                with builder.if_else(full) as (then, otherwise):
+                    for branch, whole in ((then, True), (otherwise, False)):
+                        with branch:
+                            with builder.if_else(use_bias) as (biased, plain):
+                                with biased:
+                                    store(add_old, whole, True)
+                                with plain:
+                                    store(add_old, whole, False)
+
+    name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}x{NV}"
+    _outlined(builder, name, body,
+              [pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n, beta,
+               use_bias, relu])
 
 
 @intrinsic
