@@ -55,38 +55,62 @@ def value(V, Y, masked, r, c):
 
 @njit(**JIT)
 def pack_a(A, Y, masked, m0, mc, k0, kc, mr, dst, db, want_db):
-    """dst[(r // mr) * kc * mr + k * mr + r % mr] = A[m0 + r, k0 + k] (masked), r < mc, k < kc.
-
-    mr-row micro-panels (mr: the tile's MR), k-major: the micro-kernel reads each as a
-    view with row stride 1 and column stride mr. Rows past mc in the last panel are left
-    as they are (the micro-kernel reads row 0 instead). With want_db,
-    db[m0 + r] += every packed value, in float64: for dw, A is d.T, so db =
-    d.sum(0) costs one add per value that is packed anyway (oneDNN's
-    diff_bias). The loops run along A's contiguous axis; a whole panel of d.T from a
-    C-order d by pack_dt_panel. Serial.
+    """The block A[m0:m0 + mc, k0:k0 + kc] (masked) copied into dst, in the layout
+    a_strides names: where A's rows are its long stride (d for dx), row-major, dst[r * kc +
+    k], each row a run along k (contiguous slices and the mask a select, which vectorise);
+    else (d.T for dw) mr-row micro-panels, k-major, dst[(r // mr) * kc * mr + k * mr + r %
+    mr] (mr: the tile's MR). Either way the tile of rows from ir starts at ir * kc. Rows
+    past mc in the last panel are left as they are (the micro-kernel reads row 0 instead).
+    With want_db, db[m0 + r] += every packed value, in float64: for dw, A is d.T, so db =
+    d.sum(0) costs one add per value that is packed anyway (oneDNN's diff_bias). A whole
+    panel of d.T from a C-order d by pack_dt_panel. Serial.
     """
+    if A[2] > A[3]:
+        a, y = A[0], Y[0]
+        runs = A[3] == 1 and (not masked or Y[3] == 1)
+        for r in range(mc):
+            src, on = A[1] + (m0 + r) * A[2] + k0 * A[3], Y[1] + (m0 + r) * Y[2] + k0 * Y[3]
+            out = dst[r * kc:(r + 1) * kc]
+            s = 0.0
+            if runs and masked:
+                arow, yrow = a[src:src + kc], y[on:on + kc]
+                for k in range(kc):
+                    v = arow[k]  # loaded either way: the choice is a select, not a branch
+                    v = v if yrow[k] > 0 else 0.0
+                    out[k] = v
+                    s += v
+            elif runs:
+                arow = a[src:src + kc]
+                for k in range(kc):
+                    out[k] = arow[k]
+                    s += arow[k]
+            else:
+                for k in range(kc):
+                    v = value(A, Y, masked, m0 + r, k0 + k)
+                    out[k] = v
+                    s += v
+            if want_db:
+                db[m0 + r] += s
+        return
     for p0 in range(0, mc, mr):
         base = p0 * kc  # (p0 // mr) * kc * mr: p0 steps by mr
         rows = min(mr, mc - p0)
         if A[2] == 1 and (not masked or Y[2] == 1):  # d.T of a C-order d (and mask)
             pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, mr, dst[base: base + kc * mr], db,
                           want_db)
-        elif A[2] <= A[3]:  # A's rows are the short stride (d.T): mr values per k
+        else:
             for k in range(kc):
                 for r in range(rows):
                     v = value(A, Y, masked, m0 + p0 + r, k0 + k)
                     dst[base + k * mr + r] = v
                     if want_db:
                         db[m0 + p0 + r] += v
-        else:
-            for r in range(rows):
-                s = 0.0
-                for k in range(kc):
-                    v = value(A, Y, masked, m0 + p0 + r, k0 + k)
-                    dst[base + k * mr + r] = v
-                    s += v
-                if want_db:
-                    db[m0 + p0 + r] += s
+
+
+@njit(**JIT)
+def a_strides(A, kc, mr):
+    """(row stride, column stride) of pack_a's block of A as the micro-kernel reads it."""
+    return (kc, 1) if A[2] > A[3] else (1, mr)
 
 
 @njit(**JIT)
@@ -254,6 +278,7 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
         last = pc + KC >= k1
         if bmode == BLOCK:
             pack_b(B, Y, masked == MASK_B, pc, kc, np.int64(0), N, nr, kc * nr, bp)
+        packed = a_strides(A, kc, mr)
         for ic in range(m0, m1, MC):
             mc = min(MC, m1 - ic)
             if pack:
@@ -263,7 +288,7 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                 for ir in range(0, mc, mr):
                     m = min(mr, mc - ir)
                     if pack:
-                        ao, ars, acs = ir * kc, 1, mr  # (ir // mr) * kc * mr: ir steps by mr
+                        ao, ars, acs = ir * kc, packed[0], packed[1]
                     else:
                         ao, ars, acs = A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3]
                     co = coff + (ic + ir) * ldc + jr
