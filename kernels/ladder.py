@@ -35,7 +35,7 @@ tests can use odd ones; python -m lingrad ladder passes kernels/config.py's.
 import numpy as np
 from numba import njit, prange
 
-from .config import JIT, MR, MR_WIDE, NV, NV_WIDE, PJIT
+from .config import JIT, KF, MR, MR_WIDE, NV, NV_WIDE, PJIT
 from .engine import tile_shape
 from .micro import micro
 
@@ -214,18 +214,26 @@ def madd_tiles(a, b, c, m0, m1, k0, k1):
     madd(a, b, c, mt, m1, k0, k1)
 
 
+# Rows of the batch per madd_tiles call of dw_register. With 4 (one madd4x4 step), all of dw
+# (784 x 50 float32, 157 KB: L2) went in and out of L1 every 4 rows and rung 3 ran no faster
+# than rung 2 on Zen 4 (50000 x 784 -> 50, 1 thread: rung 2 172 ms, rung 3 185 ms); with 64,
+# 133 ms (256: 141 ms).
+REGISTER_ROWS = 64
+
+
 @njit(**JIT)
 def dw_register(x, dy, dw):
-    """Rung 3. dw = x.T @ dy as rung 2 (batch outermost), 4 rows of the batch at a time.
+    """Rung 3. dw = x.T @ dy as rung 2 (batch outermost), REGISTER_ROWS rows of the batch at a time.
 
     shapes: x (N, I), dy (N, O), dw (I, O).   numpy: dw[:] = x.T @ dy
-    For each 4 rows n: dw[i:i+4, :] += x[n:n+4, i:i+4].T @ dy[n:n+4, :] for all
-    i (madd4x4 on a = x.T, a view). Serial.
+    For each REGISTER_ROWS rows n: dw[i:i+4, :] += x[n:n+R, i:i+4].T @ dy[n:n+R, :] for all
+    i (madd_tiles on a = x.T, a view: 4 rows i of dw stay in L1 while madd4x4 steps 4
+    rows of the batch at a time through the R). Serial.
     """
     N, I = x.shape
     dw[:] = 0
-    for n in range(0, N, 4):
-        madd_tiles(x.T, dy, dw, 0, I, n, min(N, n + 4))
+    for n in range(0, N, REGISTER_ROWS):
+        madd_tiles(x.T, dy, dw, 0, I, n, min(N, n + REGISTER_ROWS))
 
 
 @njit(**JIT)
@@ -296,19 +304,27 @@ def tiles(A, B, C, M, K, N, flags, bias, jr_outer, wide):
     broadcasts of A per multiply-add; lingrad.plan.wide_tile chooses, as for the engine).
     """
     c, co, ldc = C
-    mr, nr = tile_shape(c, wide)
+    mr, nr = tile_shape(A[0], wide)
+    # a float64 C of float32 operands (rungs 7-8's partials of dw) gets the sums of KF terms
+    # at a time: each is summed in float32 registers, then added into C in float64
+    kf = KF if c.itemsize > A[0].itemsize else max(K, 1)
+    beta, use_bias, relu = flags
     ni, nj = -(-M // mr), -(-N // nr)
     for t in range(ni * nj):
         if jr_outer:
             ir, jr = t % ni * mr, t // ni * nr
         else:
             ir, jr = t // nj * mr, t % nj * nr
-        offs = (A[1] + ir * A[4], A[2], A[3], B[1] + jr * B[3], B[2], co + ir * ldc + jr, ldc, jr)
-        dims = (K, min(mr, M - ir), min(nr, N - jr))
-        if wide:
-            micro(A[0], B[0], c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)
-        else:
-            micro(A[0], B[0], c, bias, offs, dims, flags, MR, NV)
+        for kq in range(0, max(K, 1), kf):
+            offs = (A[1] + ir * A[4] + kq * A[3], A[2], A[3], B[1] + jr * B[3] + kq * B[2], B[2],
+                    co + ir * ldc + jr, ldc, jr)
+            dims = (min(kf, K - kq), min(mr, M - ir), min(nr, N - jr))
+            last = kq + kf >= K
+            fl = (beta or kq > 0, use_bias and last, relu and last)
+            if wide:
+                micro(A[0], B[0], c, bias, offs, dims, fl, MR_WIDE, NV_WIDE)
+            else:
+                micro(A[0], B[0], c, bias, offs, dims, fl, MR, NV)
 
 
 @njit(**JIT)
@@ -454,7 +470,7 @@ def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta, wide):
     far apart; with packed_a, A is packed into MR-row micro-panels. An operand
     not packed is read in place (B: with contiguous rows).
     """
-    mr, nr = tile_shape(c, wide)
+    mr, nr = tile_shape(A[0], wide)
     none = np.empty(0, c.dtype)
     ap = np.empty(-(-M // mr) * mr * K if packed_a else 0, A[0].dtype)
     bp = np.empty(-(-N // nr) * nr * K if packed_b else 0, B[0].dtype)
@@ -530,7 +546,7 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
     in registers; the mask and db applied in pack_a.
     """
     c, co, ldc = C
-    mr, nr = tile_shape(c, wide)
+    mr, nr = tile_shape(A[0], wide)
     kmax = min(kc, max(K, 1))
     ap = np.empty(-(-min(mc, M) // mr) * mr * kmax if packed_a else 0, A[0].dtype)
     bp = np.empty(0 if b_in_place else -(-N // nr) * nr * kmax, A[0].dtype)
@@ -622,7 +638,7 @@ def chunk(N, T, t):
 def merge(part, out):
     """out[r] = sum_t part[t, r].   shapes: part (T, R), out (R,).   numpy: out[:] = part.sum(0). Serial."""
     for r in range(out.shape[0]):
-        s = out.dtype.type(0)
+        s = part.dtype.type(0)
         for t in range(part.shape[0]):
             s += part[t, r]
         out[r] = s
@@ -638,7 +654,7 @@ def merge_transposed(part, dw):
     I, O = dw.shape
     for i in prange(I):
         for j in range(O):
-            s = dw.dtype.type(0)
+            s = part.dtype.type(0)
             for t in range(part.shape[0]):
                 s += part[t, j * I + i]
             dw[i, j] = s
@@ -696,11 +712,12 @@ def dx_parallel(dy, w, dx, mc, kc, T, wide):
 
 @njit(**PJIT)
 def dw_db_threads(x, dy, dw, db, mc, kc, T, wide):
-    """dw = x.T @ dy (and db = dy.sum(0) when db is not empty) on T threads, per-thread partials."""
+    """dw = x.T @ dy (and db = dy.sum(0) when db is not empty) on T threads, per-thread
+    partials in float64, rounded once into dw and db by the merges."""
     N, I = x.shape
     O = dy.shape[1]
-    part = np.empty((T, O * I), dw.dtype)
-    part_b = np.zeros((T, db.size), dw.dtype)
+    part = np.empty((T, O * I), np.float64)
+    part_b = np.zeros((T, db.size), np.float64)
     for t in prange(T):
         n0, n1 = chunk(N, T, t)
         dwt_blocked(x, dy, n0, n1, part[t], mc, kc, part_b[t], wide)
@@ -719,6 +736,12 @@ def dw_parallel(x, dy, dw, mc, kc, T, wide):
     write the same element; writing dw[i, j] += ... from every thread instead
     would race (lost updates). merge_transposed then sums the T partials,
     parallel over rows of dw (each iteration owns its row).
+    The partials are float64, as in lingrad's engine: each micro-kernel call sums
+    KF terms in float32 registers and adds them into the partial in float64
+    (tiles), so a float32 dw's error does not grow with the batch (a float32 C
+    summed over all 25000 rows of a thread's share would: tests/test_accuracy.py
+    holds lingrad to numpy's pairwise sum). The cost is a flush of the register
+    block every KF terms: docs/ladder.md measures it.
     """
     dw_db_threads(x, dy, dw, np.empty(0, dw.dtype), mc, kc, T, wide)
 

@@ -101,7 +101,7 @@ def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int
         Rung("1", "dw_naive: loops i, j, n (formula order)", 1, 2 * n_naive * I * O,
              lambda: L.dw_naive(xs, dys, dw), check_small, rows_timed=(n_naive, N)),
         Rung("2", "dw_rows: loops n, i, j (contiguous j)", 1, f, lambda: L.dw_rows(x, dy, dw), check_dw, "1"),
-        Rung("3", "dw_register: 4x4 block of x in registers", 1, f,
+        Rung("3", "dw_register: 4x4 block of x in regs, 64 rows", 1, f,
              lambda: L.dw_register(x, dy, dw), check_dw, "2"),
         Rung("4", f"dw_micro: micro-kernel, {kc} rows a step", 1, f,
              lambda: L.dw_micro(x, dy, dw, kc, wide), check_dw, "3"),
