@@ -149,6 +149,12 @@ REDUCE_ROWS = 4096
 # 1 thread, db of 10000 x 10, us: 21.8 rows four at a time; COLSUM_RUN 64 17.6, 128 12.8,
 # 256 12.9-17.5, 512 12.0 (numpy 124, torch about 7).
 COLSUM_RUN = 128
+# ... rows of up to COLSUM_QUADS_MAX values four at a time (colsum_quads), longer rows one
+# at a time. Zen 4, 2026-12-06, float32, 1 thread, db of N x O summed into float64, ms, four
+# rows / one row at a time: 50000 x 40 0.29 / 0.55, x 64 0.42 / 0.60, x 100 1.04 / 0.84,
+# 20000 x 128 0.97 / 0.38, 50000 x 256 5.04 / 2.10 (numpy 2.15: 51 MB from memory),
+# 10000 x 784 2.20 / 1.55.
+COLSUM_QUADS_MAX = 64
 # dw on a batch of at most DW_DIRECT_ROWS rows runs as dw = x.T @ d with both read in
 # place and no per-thread partials (BLIS's "sup" idea: nothing to amortise a packing or
 # a partial over); longer batches are split over threads into float64 partials of dw.T.

@@ -24,8 +24,8 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .config import (COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE, MR, MR_WIDE, NV,
-                     NV_WIDE, PJIT, VECTOR_BYTES)
+from .config import (COLSUM_QUADS_MAX, COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE,
+                     MR, MR_WIDE, NV, NV_WIDE, PJIT, VECTOR_BYTES)
 from .micro import dot, micro_tile, transpose_tile
 
 
@@ -601,9 +601,10 @@ def colsum_rows(t, D, Y, masked, N, part, T):
 
     shapes: D and Y views of (N, O), part (T, O) float64.   numpy: acc += d[n0:n1].sum(0)
     db without dw: a single contiguous column as a plain sum; short adjacent rows (O at
-    most COLSUM_RUN / 4) as one contiguous run, in float64 lanes of whole rows; other rows of a C-order dy four at a time (acc loaded
-    and stored once per four rows, vectorised along j); any other layout one value at a
-    time. Serial.
+    most COLSUM_RUN / 4) as one contiguous run, in float64 lanes of whole rows; other rows
+    of a C-order dy four at a time (acc loaded and stored once per four rows, vectorised
+    along j) up to COLSUM_QUADS_MAX values long, longer ones one at a time; any other
+    layout one value at a time. Serial.
     """
     buf, off, rs, cs = D
     n0, n1, acc = t * N // T, (t + 1) * N // T, part[t]
@@ -644,8 +645,13 @@ def colsum_rows(t, D, Y, masked, N, part, T):
         for n in range(n0, n1):
             for j in range(O):
                 acc[j] += value(D, Y, masked, n, j)
-    else:
+    elif O <= COLSUM_QUADS_MAX:
         colsum_quads(buf, off, rs, n0, n1, acc)
+    else:
+        for n in range(n0, n1):  # a long row at a time, added along j
+            r = buf[off + n * rs: off + n * rs + O]
+            for j in range(O):
+                acc[j] += r[j]
 
 
 @njit(**JIT)
