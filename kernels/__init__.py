@@ -11,11 +11,11 @@ is packed, threads), and these carry it out.
     ladder.py   the study path's optimisation ladder (docs/ladder.md)
 """
 from . import engine
-from .config import (AXPY_MAX_K, B_IN_PLACE_ROWS, DOT_ACC, DOT_COLS, DOT_MAX_ROWS, DOT_SHARE,
-                     DW_DIRECT_ROWS, DW_SPLIT_ROWS, JIT, KC_BLOCK, KC_DW, KC_MAX, KF, MC, MC_DW, MC_PACKED, MR, MR_SHORT, MR_WIDE, NV, NV_WIDE, PJIT, REDUCE_ROWS, SERIAL_WORK, VECTOR_BYTES,
+from .config import (AXPY_MAX_K, B_IN_PLACE_ROWS, BLOCKS, DOT_ACC, DOT_COLS, DOT_MAX_ROWS, DOT_SHARE,
+                     DW_DIRECT_ROWS, DW_SPLIT_ROWS, JIT, KC_BLOCK, KC_DW, KC_MAX, KF, MC, MC_DW, MC_PACKED, MR, MR_SHORT, MR_TALL, MR_WIDE, NV, NV_TALL, NV_WIDE, PJIT, REDUCE_ROWS, SERIAL_WORK, VECTOR_BYTES,
                      WIDE_FILL, WIDE_MIN_K, X_ALIASED_BYTES)
 
-__all__ = ["engine", "JIT", "PJIT", "MR", "MR_SHORT", "NV", "MR_WIDE", "NV_WIDE", "WIDE_FILL", "WIDE_MIN_K", "VECTOR_BYTES", "KF", "KC_MAX", "KC_BLOCK", "MC",
+__all__ = ["engine", "JIT", "PJIT", "BLOCKS", "MR", "MR_SHORT", "NV", "MR_WIDE", "NV_WIDE", "MR_TALL", "NV_TALL", "WIDE_FILL", "WIDE_MIN_K", "VECTOR_BYTES", "KF", "KC_MAX", "KC_BLOCK", "MC",
            "MC_PACKED", "KC_DW", "MC_DW", "REDUCE_ROWS", "SERIAL_WORK",
            "DW_DIRECT_ROWS", "DW_SPLIT_ROWS", "B_IN_PLACE_ROWS", "X_ALIASED_BYTES", "DOT_SHARE", "DOT_MAX_ROWS",
            "AXPY_MAX_K", "DOT_ACC", "DOT_COLS"]

@@ -59,7 +59,7 @@ MR_SHORT = 4
 NV = 2
 # The wide register block: MR_WIDE rows by NV_WIDE vectors (6 x 64 float32 columns with
 # AVX-512, the same 24 accumulators), half the broadcasts of A per FMA. The plan
-# (plan.wide_tile) runs a product on it when it fills at least WIDE_FILL times the share of
+# (plan.register_block) runs a product on it when it fills at least WIDE_FILL times the share of
 # its columns that the MR x NV block fills (50 columns fill 50/64 of either, 24 fill 24/64
 # of the wide one and 24/32 of the other), and, where C is written in place (the forward,
 # dx, the short-batch dw), when the sum is at least WIDE_MIN_K long; the long-batch dw, whose
@@ -78,6 +78,19 @@ MR_WIDE = MR if VECTOR_BYTES == 32 else 6
 NV_WIDE = NV if VECTOR_BYTES == 32 else 4
 WIDE_FILL = 0.85
 WIDE_MIN_K = 512
+# The tall register block: MR_TALL rows by one vector (24 x 16 float32 with AVX-512, 12 x 8
+# with AVX2: the same accumulators), for a C of at most one vector of columns, which fills
+# half of the MR x NV block or less. Each broadcast of A feeds one FMA, which LLVM folds into
+# it (vfmadd231ps (mem){1to16}), so no broadcast takes a vector pipe: on L1-resident panels
+# (Zen 4, 1 thread, kc = 256) 24 x 1 ran 6.72 ns per k, 12 x 2 6.70 (both the FMA limit).
+# plan.register_block measurements, Zen 4, 2026-12-06, float32, 1 thread, 12 x 2 / 24 x 1,
+# ms: 50000 x 16 -> 256 dw (dw.T = d.T @ x, 16 columns) and dx (16 columns), see
+# docs/performance.md.
+MR_TALL = 2 * MR
+NV_TALL = 1
+# The register blocks by the code a plan gives (plan.register_block, blocks[3]): 0 MR x NV,
+# 1 the wide block, 2 the tall one; (rows, vectors) each.
+BLOCKS = ((MR, NV), (MR_WIDE, NV_WIDE), (MR_TALL, NV_TALL))
 # The micro-kernel prefetches the row of B PREFETCH values of k ahead. AVX-512 Xeon,
 # 2026-12-03, 1 thread, against numpy in the same run (none / 8 / 16 / 32 ahead):
 # 2048^3 forward 0.71-0.75x / 0.78x / 0.83x / 0.82x, dx 0.62-0.74x / 0.76x / 0.82x / 0.86x;

@@ -24,8 +24,8 @@ from numba import njit, prange
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from .config import (COLSUM_QUADS_MAX, COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT, MERGE_TILE,
-                     MR, MR_WIDE, NV, NV_WIDE, PJIT, VECTOR_BYTES)
+from .config import (BLOCKS, COLSUM_QUADS_MAX, COLSUM_RUN, DOT_ACC, DOT_COLS, INLINE, JIT,
+                     MERGE_TILE, MR, MR_WIDE, PJIT, VECTOR_BYTES)
 from .micro import dot, micro_tile, transpose_tile
 
 
@@ -36,12 +36,12 @@ MASK_A, MASK_B = 1, 2  # the operand the ReLU mask applies to (0: none)
 
 
 @njit(**JIT)
-def tile_shape(a, wide):
-    """(MR, NR) of the micro-kernel's register block for a's dtype: MR rows by NV vectors of
-    VECTOR_BYTES, or with wide the MR_WIDE x NV_WIDE block (the plan's choice, per product)."""
-    if wide:
-        return MR_WIDE, NV_WIDE * (VECTOR_BYTES // a.itemsize)
-    return MR, NV * (VECTOR_BYTES // a.itemsize)
+def tile_shape(a, block):
+    """(MR, NR) of the micro-kernel's register block for a's dtype: rows by vectors of
+    VECTOR_BYTES, config.BLOCKS[block] (the plan's choice per product: 0 MR x NV, 1 the wide
+    block, 2 the tall one)."""
+    rows, nv = BLOCKS[block]
+    return rows, nv * (VECTOR_BYTES // a.itemsize)
 
 
 @njit(**JIT)
@@ -252,7 +252,7 @@ def pack_whole_b(task, B, K, N, nr, dst, T):
 def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     """C[m0:m1] (+)= A[m0:m1, k0:k1] @ B[k0:k1] (+ bias) (then ReLU): one thread's share.
 
-    dims = (m0, m1, k0, k1, N); blocks = (MC, KC, KF);
+    dims = (m0, m1, k0, k1, N); blocks = (MC, KC, KF, block);
     flags = (pack, masked, bmode, relu, want_db, accumulate).
     A (M x K) is a view, read in place by the micro-kernel or, with pack,
     packed MC x KC at a time into ap (with db summed there, and the ReLU mask
@@ -268,9 +268,9 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     Loops: pc (KC), ic (MC), jr (NR), ir (MR), then KF chunks. Serial.
     """
     m0, m1, k0, k1, N = dims
-    MC, KC, KF, wide = blocks
+    MC, KC, KF, block = blocks
     pack, masked, bmode, relu, want_db, accumulate = flags
-    mr, nr = tile_shape(ap, wide)
+    mr, nr = tile_shape(ap, block)
     abuf = ap if pack else A[0]
     cbuf, coff, ldc = C
     for pc in range(k0, max(k1, k0 + 1), KC):  # an empty k range still writes C = bias
@@ -302,12 +302,12 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
                         # reference-counted per tile)
                         if bmode == IN_PLACE:
                             offs = (a_at, ars, acs, B[1] + (pc + kq) * B[2] + jr, B[2], co, ldc, jr)
-                            micro_tile(abuf, B[0], cbuf, bias, offs, dk, fl, wide)
+                            micro_tile(abuf, B[0], cbuf, bias, offs, dk, fl, block)
                         else:
                             b_at = (jr * k1 + (pc + kq) * nr if bmode == WHOLE else  # jr steps by nr
                                     jr * kc + kq * nr)
                             offs = (a_at, ars, acs, b_at, nr, co, ldc, jr)
-                            micro_tile(abuf, bp, cbuf, bias, offs, dk, fl, wide)
+                            micro_tile(abuf, bp, cbuf, bias, offs, dk, fl, block)
 
 
 @njit(**JIT)
@@ -472,7 +472,7 @@ def unpack(a, b, c, y, p):
         p[6:8]   C's offset and row stride in c                 C = (c, off, ldc)
         p[8:11]  Y's (the ReLU output) in y                     Y = (y, off, rs, cs)
         p[11:15] dims = (M, K, N, R)
-        p[15:19] blocks = (MC, KC, KF, wide)
+        p[15:19] blocks = (MC, KC, KF, block)
         p[19:25] flags = (pack, masked, bmode, relu, want_db, accumulate)
         p[25]    split
 
@@ -498,10 +498,10 @@ def gemm_task(t, a, b, c, y, bias, db, bp, p, T):
     depends on the block sizes only."""
     A, B, C, Y, dims, blocks, flags, split = unpack(a, b, c, y, p)
     M, K, N, R = dims
-    MC, KC, KF, wide = blocks
+    MC, KC, KF, block = blocks
     pack, masked, bmode, relu, want_db, accumulate = flags
     kc = min(KC, max(K, 1))
-    mr, nr = tile_shape(bp, wide)
+    mr, nr = tile_shape(bp, block)
     ap = np.empty(-(-min(MC, M) // mr) * mr * kc if pack else 0, bp.dtype)
     cols = -(-N // nr) * nr if bmode == BLOCK else 0
     edge = bp if bmode == WHOLE else np.empty(kc * cols, bp.dtype)

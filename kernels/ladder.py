@@ -301,10 +301,10 @@ def tiles(A, B, C, M, K, N, flags, bias, jr_outer, wide):
     stay in L1 while every panel of B passes), both as one loop over the tiles.
     wide: the tiles are MR_WIDE x NV_WIDE vectors, the engine's wide block
     (engine.tile_shape: 6 x 4 vectors with AVX-512, the same 24 accumulators, half the
-    broadcasts of A per multiply-add; lingrad.plan.wide_tile chooses, as for the engine).
+    broadcasts of A per multiply-add; lingrad.plan.register_block chooses, as for the engine).
     """
     c, co, ldc = C
-    mr, nr = tile_shape(A[0], wide)
+    mr, nr = tile_shape(A[0], 1 if wide else 0)
     # a float64 C of float32 operands (rungs 7-8's partials of dw) gets the sums of KF terms
     # at a time: each is summed in float32 registers, then added into C in float64
     kf = KF if c.itemsize > A[0].itemsize else max(K, 1)
@@ -470,7 +470,7 @@ def tiles_packed(A, B, c, M, K, N, packed_a, packed_b, beta, wide):
     far apart; with packed_a, A is packed into MR-row micro-panels. An operand
     not packed is read in place (B: with contiguous rows).
     """
-    mr, nr = tile_shape(A[0], wide)
+    mr, nr = tile_shape(A[0], 1 if wide else 0)
     none = np.empty(0, c.dtype)
     ap = np.empty(-(-M // mr) * mr * K if packed_a else 0, A[0].dtype)
     bp = np.empty(-(-N // nr) * nr * K if packed_b else 0, B[0].dtype)
@@ -546,7 +546,7 @@ def five_loops(A, B, C, M, K, N, mc, kc, packed_a, b_in_place, bias, relu, Y, ma
     in registers; the mask and db applied in pack_a.
     """
     c, co, ldc = C
-    mr, nr = tile_shape(A[0], wide)
+    mr, nr = tile_shape(A[0], 1 if wide else 0)
     kmax = min(kc, max(K, 1))
     ap = np.empty(-(-min(mc, M) // mr) * mr * kmax if packed_a else 0, A[0].dtype)
     bp = np.empty(0 if b_in_place else -(-N // nr) * nr * kmax, A[0].dtype)

@@ -45,7 +45,7 @@ import llvmlite.ir as ir
 from numba import types
 from numba.extending import intrinsic
 
-from .config import DOT_ACC, MR, MR_SHORT, MR_WIDE, NV, NV_WIDE, PREFETCH, VECTOR_BYTES
+from .config import BLOCKS, DOT_ACC, MR_SHORT, PREFETCH, VECTOR_BYTES
 
 I32 = ir.IntType(32)
 I64 = ir.IntType(64)
@@ -140,14 +140,15 @@ def micro(typingctx, a, b, c, bias, offs, dims, flags, rows, nv):
 
 
 @intrinsic
-def micro_tile(typingctx, a, b, c, bias, offs, dims, flags, wide):
+def micro_tile(typingctx, a, b, c, bias, offs, dims, flags, block):
     """micro's call for one tile of the engine (engine.gemm_block): the copy for its shape,
-    chosen at run time by a branch in LLVM IR, not in Python: the block MR x NV or, with
-    wide, MR_WIDE x NV_WIDE (plan.wide_tile's choice); a tile of at most MR_SHORT rows (a
-    batch of 1 to 4 rows, the last rows of a short M) the MR_SHORT-row copy of the same
-    width, and a single row (a batch of 1, the d.T of a layer with one output) the one-row
-    copy: 1 broadcast, NV loads and NV FMAs per k (Zen 5, 2026-12-04, a 1 x 32 tile of K =
-    64: 79 ns with the 4-row copy, 49 with the 1-row one).
+    chosen at run time by a branch in LLVM IR, not in Python: the register block
+    config.BLOCKS[block] (plan.register_block's choice: 0 MR x NV, 1 the wide block, 2 the
+    tall one); a tile of at most MR_SHORT rows (a batch of 1 to 4 rows, the last rows of a
+    short M) the MR_SHORT-row copy of the same width, and a single row (a batch of 1, the
+    d.T of a layer with one output) the one-row copy: 1 broadcast, NV loads and NV FMAs per
+    k (Zen 5, 2026-12-04, a 1 x 32 tile of K = 64: 79 ns with the 4-row copy, 49 with the
+    1-row one).
 
     An intrinsic, because the same choice in @njit functions inlined into the tile loop
     made Numba count references to the four arrays around every call (four NRT_incref and
@@ -156,23 +157,22 @@ def micro_tile(typingctx, a, b, c, bias, offs, dims, flags, wide):
 
     def codegen(context, builder, sig, args):
         m = context.cast(builder, builder.extract_value(args[5], 1), sig.args[5][1], types.int64)
-        is_wide = context.cast(builder, args[7], sig.args[7], types.boolean)
-        with builder.if_else(is_wide) as (then, otherwise):
-            for branch, (rows, nv) in ((then, (MR_WIDE, NV_WIDE)), (otherwise, (MR, NV))):
-                with branch:
-                    with builder.if_else(builder.icmp_signed("==", m, I64(1))) as (one, more):
-                        with one:
-                            _emit(context, builder, sig, args, 1, nv)
-                        with more:
-                            short = builder.icmp_signed("<=", m, I64(MR_SHORT))
-                            with builder.if_else(short) as (few, many):
-                                with few:
-                                    _emit(context, builder, sig, args, MR_SHORT, nv)
-                                with many:
-                                    _emit(context, builder, sig, args, rows, nv)
+        code = context.cast(builder, args[7], sig.args[7], types.int64)
+        for index, (rows, nv) in enumerate(BLOCKS):
+            with builder.if_then(builder.icmp_signed("==", code, I64(index))):
+                with builder.if_else(builder.icmp_signed("==", m, I64(1))) as (one, more):
+                    with one:
+                        _emit(context, builder, sig, args, 1, nv)
+                    with more:
+                        short = builder.icmp_signed("<=", m, I64(MR_SHORT))
+                        with builder.if_else(short) as (few, many):
+                            with few:
+                                _emit(context, builder, sig, args, MR_SHORT, nv)
+                            with many:
+                                _emit(context, builder, sig, args, rows, nv)
         return context.get_dummy_value()
 
-    return types.void(a, b, c, bias, offs, dims, flags, wide), codegen
+    return types.void(a, b, c, bias, offs, dims, flags, block), codegen
 
 
 def _emit(context, builder, sig, args, MR, NV):

@@ -16,7 +16,7 @@ from lingrad import reference as ref
 # scratch) and past it (130 to 600: dw.T in per-thread partials, several KC_DW slices);
 # O past MC_DW = 96; I = 1024 (rows of x 4 KiB apart: x packed per block for dw); work
 # below and above SERIAL_WORK. LAYOUTS add packed A (x or dy not contiguous along their
-# rows) and packing of w from every stride pattern; the wide register block (plan.wide_tile)
+# rows) and packing of w from every stride pattern; the wide register block (plan.register_block)
 # for the forward and dx of a sum of at least WIDE_MIN_K = 512 (1 x 784 -> 50, 20 x 64 -> 520)
 # and the long-batch dw. tests/test_plan.py checks, through the plans the API makes, that
 # these shapes reach every path and edge.

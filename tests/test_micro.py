@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from lingrad.kernels import MR, MR_SHORT, MR_WIDE, NV, NV_WIDE, VECTOR_BYTES
+from lingrad.kernels import MR, MR_SHORT, MR_TALL, MR_WIDE, NV, NV_TALL, NV_WIDE, VECTOR_BYTES
 
 from lingrad.kernels.micro import micro, transpose_tile
 
@@ -47,10 +47,26 @@ def wide_row_tile(a, b, c, bias, offs, dims, flags):
     micro(a, b, c, bias, offs, dims, flags, 1, NV_WIDE)
 
 
+@njit
+def tall_tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags, MR_TALL, NV_TALL)  # the plan's tall block
+
+
+@njit
+def tall_short_tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV_TALL)
+
+
+@njit
+def tall_row_tile(a, b, c, bias, offs, dims, flags):
+    micro(a, b, c, bias, offs, dims, flags, 1, NV_TALL)
+
+
 # the register blocks gemm_block runs: name -> (rows, vectors, the compiled wrapper)
 BLOCKS = {"MR": (MR, NV, tile), "MR_SHORT": (MR_SHORT, NV, short_tile), "1": (1, NV, row_tile),
           "MR_WIDE": (MR_WIDE, NV_WIDE, wide_tile), "MR_SHORT-wide": (MR_SHORT, NV_WIDE, wide_short_tile),
-          "1-wide": (1, NV_WIDE, wide_row_tile)}
+          "1-wide": (1, NV_WIDE, wide_row_tile), "MR_TALL": (MR_TALL, NV_TALL, tall_tile),
+          "MR_SHORT-tall": (MR_SHORT, NV_TALL, tall_short_tile), "1-tall": (1, NV_TALL, tall_row_tile)}
 
 
 def lanes(dtype, nv=NV):
@@ -124,7 +140,7 @@ def fma_loops(asm):
     return [b for b, t in zip(bodies, text) if not any(o != t and o in t for o in text)]
 
 
-@pytest.mark.parametrize("block", ["MR", "MR_WIDE"])
+@pytest.mark.parametrize("block", ["MR", "MR_WIDE", "MR_TALL"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_k_loop_keeps_the_block_in_registers(dtype, block):
     MR, NV, tile = BLOCKS[block]

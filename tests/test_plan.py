@@ -51,9 +51,9 @@ def made():
 
 
 def features(plan, itemsize):
-    mc, kc, kf, wide = plan.blocks
-    MR = K.MR_WIDE if wide else K.MR
-    nr = (K.NV_WIDE if wide else K.NV) * K.VECTOR_BYTES // itemsize
+    mc, kc, kf, block = plan.blocks
+    MR, nv = K.BLOCKS[block]
+    nr = nv * K.VECTOR_BYTES // itemsize
     names = {E.WHOLE: 'WHOLE', E.IN_PLACE: 'IN_PLACE', E.BLOCK: 'BLOCK', E.DOT: 'DOT', E.AXPY: 'AXPY'}
     f = {f"{plan.op} b_mode={names[plan.b_mode]}",
          f"{plan.op} pack_a={plan.pack_a}", f"{plan.op} masked={plan.masked}",
@@ -80,7 +80,7 @@ def features(plan, itemsize):
         if plan.M == 1 and plan.N >= K.DOT_ACC:
             f.add(f"{plan.op} dot: a single row, DOT_ACC columns at a time")
         return f
-    f.add(f"{plan.op} {'wide' if wide else 'MR x NV'} block")
+    f.add(f"{plan.op} {('MR x NV', 'wide', 'tall')[block]} block")
     if plan.M and plan.M % MR:
         f.add(f"{plan.op} rows past the last whole micro-tile")
     if plan.M % MR == 1 and plan.threads == 1:  # engine.gemm_block's one-row micro-kernel
@@ -112,7 +112,7 @@ REQUIRED = (
     + ["forward dot: a whole group of DOT_COLS", "dx dot: a single row, DOT_ACC columns at a time"]
     + [f"{op} {edge}" for op in ("forward", "dx", "dw")
        for edge in ("rows past the last whole micro-tile", "an edge tile (n < NR)", "MR x NV block")
-       + (("wide block",) if K.NV_WIDE != K.NV else ())])
+       + (("wide block",) if K.NV_WIDE != K.NV else ()) + ("tall block",)])
 
 
 def test_shapes_reach_every_path(made):

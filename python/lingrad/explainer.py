@@ -120,7 +120,8 @@ def describe(fwd: P.Calls, bwd: P.Calls, N: int, I: int, O: int, dtype: "npt.DTy
              f"dy {layouts[2]} order, {threads} thread{'s' if threads != 1 else ''} in force",
              f"micro-kernel: {K.MR} x {nr} ({K.MR} rows x {K.NV} vectors of {K.VECTOR_BYTES} bytes, "
              f"kernels/micro.py micro), or the wide {K.MR_WIDE} x {nr * K.NV_WIDE // K.NV} where "
-             f"the columns fill it (plan.wide_tile); work below SERIAL_WORK = {K.SERIAL_WORK} "
+             f"the columns fill it, or the tall {K.MR_TALL} x {nr // K.NV} where they fit in one "
+             f"vector (plan.register_block); work below SERIAL_WORK = {K.SERIAL_WORK} "
              f"multiply-adds runs serially", ""]
     f = fwd.forward
     args = "x, w, b" if bias else "x, w"

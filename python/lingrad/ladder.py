@@ -70,11 +70,12 @@ def blocks(op: str, I: int, O: int, itemsize: int) -> Tuple[int, int, bool]:
     """(mc, kc, wide) for rungs 4-8, from kernels/config.py as lingrad.plan chooses them: the
     forward and dx take a summed axis up to KC_MAX whole (else KC_BLOCK slices) and MC rows
     of C per block; dw takes KC_DW rows of the batch by MC_DW outputs per block; wide: the
-    register block is MR_WIDE x NV_WIDE (plan.wide_tile, for C's columns and the sum)."""
+    register block is MR_WIDE x NV_WIDE (plan.register_block, for C's columns and the sum;
+    the ladder's rungs run the MR x NV block where the engine would run the tall one)."""
     if op == "dw":
-        return K.MC_DW, K.KC_DW, bool(P.wide_tile(I, None, itemsize))
+        return K.MC_DW, K.KC_DW, P.register_block(I, None, itemsize) == 1
     k, n = (I, O) if op == "forward" else (O, I)
-    return K.MC, (k if k <= K.KC_MAX else K.KC_BLOCK), bool(P.wide_tile(n, k, itemsize))
+    return K.MC, (k if k <= K.KC_MAX else K.KC_BLOCK), P.register_block(n, k, itemsize) == 1
 
 
 def weight_grad_rungs(x: np.ndarray, dy: np.ndarray, w: np.ndarray, n_naive: int, T: int) -> List[Rung]:
@@ -327,7 +328,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"rungs 1-6 on 1 thread, the rest on {T}; micro-kernel {K.MR} x {K.NV} vectors "
           f"of {K.VECTOR_BYTES} bytes")
     shapes = {op: blocks(op, I, O, dt.itemsize)[2] for op in ("dw", "forward", "dx")}
-    print("rungs 4-8 on the wide block, " + f"{K.MR_WIDE} x {K.NV_WIDE} vectors (plan.wide_tile): "
+    print("rungs 4-8 on the wide block, " + f"{K.MR_WIDE} x {K.NV_WIDE} vectors (plan.register_block): "
           + (", ".join(op for op, wide in shapes.items() if wide) or "none"))
     titles = {"dw": "weight gradient  dw[i, j] = sum_n x[n, i] * dy[n, j]   "
                     "(rung 8 and '7+': + db)",

@@ -39,8 +39,9 @@ Plan.__doc__ = """How one product runs.
 
 op: "forward", "dx" or "dw"; M, K, N: C = A (M x K) @ B (K x N), as the engine runs it;
 threads: 1 runs the serial kernel; split: 0 rows of C, 1 the summed axis (per-thread partials);
-blocks: (MC, KC, KF, wide) rows of A and values of k per block, terms per float64 flush, and
-the register block (1: the wide MR_WIDE x NV_WIDE one, 0: MR x NV; ``wide_tile``);
+blocks: (MC, KC, KF, block) rows of A and values of k per block, terms per float64 flush, and
+the register block (config.BLOCKS: 0 MR x NV, 1 the wide MR_WIDE x NV_WIDE, 2 the tall
+MR_TALL x 1 vector; ``register_block``);
 pack_a: A is packed (else read in place); b_mode: how B is read (engine.WHOLE: packed whole,
 once; IN_PLACE: read where it is; BLOCK: packed KC rows at a time);
 masked: the operand the ReLU mask is applied to while it is packed (0 none, engine.MASK_A
@@ -77,7 +78,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         kf = K.KF if itemsize < 8 else K.KC_DW
         b_mode = E.BLOCK if (M * itemsize) % K.X_ALIASED_BYTES == 0 else E.IN_PLACE
         pack = bool(masked or N > K.MR)
-        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf, wide_tile(M, None, itemsize)), pack,
+        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf, register_block(M, None, itemsize)), pack,
                     b_mode,
                     E.MASK_A if masked else 0, bool(want_db and pack), True, True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
@@ -92,8 +93,9 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         # float32 sums longer than KF terms go through float64 scratch
         scratch = itemsize < 8 and Kdim > K.KF
         b_mode = E.IN_PLACE if b_unit_n and not masked else E.BLOCK
-        return Plan(op, M, Kdim, N, T, 0, (K.MC, kc, K.KF if scratch else kc,
-                                           wide_tile(N, Kdim, itemsize)), False, b_mode,
+        block = register_block(N, Kdim, itemsize)
+        return Plan(op, M, Kdim, N, T, 0, (max(K.MC, K.BLOCKS[block][0]), kc,
+                                           K.KF if scratch else kc, block), False, b_mode,
                     E.MASK_B if masked else 0, False, False, scratch)
     narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize)
     if (narrow and (a_unit_k or masked)
@@ -106,39 +108,50 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim, 0), False, E.DOT,
                     E.MASK_A if masked else 0, False, False, False)
     pack_a = masked or not a_unit_k
-    mc = K.MC_PACKED if pack_a else K.MC
+    block = register_block(N, Kdim, itemsize)
+    mc = max(K.MC_PACKED if pack_a else K.MC, K.BLOCKS[block][0])  # one tile of rows at least
     # B packed whole once per call serves every thread's rows; on one thread, packing it a
     # KC block at a time is the same work without a kernel call of its own
     b_mode = (E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE if T > 1 else
               E.BLOCK)
-    return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc, wide_tile(N, Kdim, itemsize)), pack_a, b_mode,
+    return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc, block), pack_a, b_mode,
                 E.MASK_A if masked else 0, False, False, False)
 
 
-def wide_tile(N: int, Kdim: Optional[int], itemsize: int) -> int:
-    """1 when a product with N columns of C, summed over Kdim values (None: into float64
-    partials, the long-batch dw), runs on the wide register block (MR_WIDE x NV_WIDE
-    vectors), 0 on the MR x NV one: the wide block when the share of its columns that N
-    fills is at least WIDE_FILL times the other's and, for a C written in place, the sum is
-    at least WIDE_MIN_K long (kernels/config.py)."""
+def register_block(N: int, Kdim: Optional[int], itemsize: int) -> int:
+    """The register block (kernels/config.py BLOCKS) for a product with N columns of C,
+    summed over Kdim values (None: into float64 partials, the long-batch dw): 2, the tall
+    MR_TALL x 1 vector, when N fits in one vector (the MR x NV block would fill half of its
+    columns or less); 1, the wide MR_WIDE x NV_WIDE, when the share of its columns that N
+    fills is at least WIDE_FILL times the MR x NV block's and, for a C written in place, the
+    sum is at least WIDE_MIN_K long; else 0, MR x NV."""
+    if 0 < N <= K.VECTOR_BYTES // itemsize and K.BLOCKS[2] != K.BLOCKS[0]:
+        return 2
     if N < 1 or K.NV_WIDE == K.NV or Kdim is not None and Kdim < K.WIDE_MIN_K:
         return 0
 
-    def fill(wide: int) -> float:
-        nr = tile_columns(wide, itemsize)
+    def fill(block: int) -> float:
+        nr = tile_columns(block, itemsize)
         return N / (-(-N // nr) * nr)
     return int(fill(1) >= K.WIDE_FILL * fill(0))
 
 
-def tile_columns(wide: int, itemsize: int) -> int:
+def tile_columns(block: int, itemsize: int) -> int:
     """NR, the columns of the register block a plan's blocks[3] names (engine.tile_shape's)."""
-    return (K.NV_WIDE if wide else K.NV) * (K.VECTOR_BYTES // itemsize)
+    return K.BLOCKS[block][1] * (K.VECTOR_BYTES // itemsize)
+
+
+def _block_words(block: int) -> str:
+    rows, nv = K.BLOCKS[block]
+    return (f"{rows} rows x {nv} vector{'s' if nv > 1 else ''}"
+            + {1: " (the wide block: N fills it)", 2: " (the tall block: N fits in one vector)"}
+            .get(block, ""))
 
 
 def explain(plan: Plan) -> str:
     """The plan in words: for learners, and for anyone asking why a shape is slow.
     lingrad.explain describes whole calls (every plan a call runs) with these lines."""
-    mc, kc, kf, wide = plan.blocks
+    mc, kc, kf, block = plan.blocks
     E = K.engine
     what = {"forward": "y = x @ w (+ b, ReLU in the epilogue)", "dx": "dx = d @ w.T",
             "dw": "dw.T = d.T @ x" if plan.swap else "dw = x.T @ d"}[plan.op]
@@ -149,8 +162,7 @@ def explain(plan: Plan) -> str:
         E.AXPY: f"KC = {kc} values of k (all of them, at most AXPY_MAX_K = {K.AXPY_MAX_K}): "
                 f"each row of C is {kc} scaled rows of B"}.get(
         plan.b_mode, f"MC = {mc} rows of A, KC = {kc} values of k, micro-kernel "
-                     + (f"{K.MR_WIDE} rows x {K.NV_WIDE} vectors (the wide block: N fills it)"
-                        if wide else f"{K.MR} rows x {K.NV} vectors"))
+                     + _block_words(block))
     lines = [f"{plan.op}: {what}, as C ({plan.M} x {plan.N}) = A ({plan.M} x {plan.K}) @ B "
              f"({plan.K} x {plan.N})", f"  blocks: {blocks} (kernels/config.py)"]
     chain = {E.DOT: "narrow_task -> dot_block -> kernels/micro.py dot",
