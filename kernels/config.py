@@ -83,9 +83,11 @@ WIDE_MIN_K = 512
 # half of the MR x NV block or less. Each broadcast of A feeds one FMA, which LLVM folds into
 # it (vfmadd231ps (mem){1to16}), so no broadcast takes a vector pipe: on L1-resident panels
 # (Zen 4, 1 thread, kc = 256) 24 x 1 ran 6.72 ns per k, 12 x 2 6.70 (both the FMA limit).
-# plan.register_block measurements, Zen 4, 2026-12-06, float32, 1 thread, 12 x 2 / 24 x 1,
-# ms: 50000 x 16 -> 256 dw (dw.T = d.T @ x, 16 columns) and dx (16 columns), see
-# docs/performance.md.
+# Zen 4, 2026-12-06, float32, 1 thread, alternating processes, 12 x 2 / 24 x 1, ms: dw of
+# 50000 x 16 -> 256 (dw.T = d.T @ x: 16 columns) 19.3-21.5 / 16.4-16.5, its dx (16 columns)
+# 10.5-12.4 / 8.9-9.0; forward 10000 x 784 -> 16 5.2 / 3.4-3.6, 10000 x 256 -> 16 1.7-2.0 /
+# 1.0-1.1; dx of 20000 x 12 -> 100 1.35 / 0.68-0.75, its dw 2.4 / 1.4. A tile of rows is
+# then MR_TALL rows: MC is at least that (plan.gemm); at MC = 12 the 24-row copy ran 12.
 MR_TALL = 2 * MR
 NV_TALL = 1
 # The register blocks by the code a plan gives (plan.register_block, blocks[3]): 0 MR x NV,
