@@ -92,12 +92,12 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, mr, dst, db, want_db):
             if want_db:
                 db[m0 + r] += s
         return
+    dt = A[2] == 1 and (not masked or Y[2] == 1)  # d.T of a C-order d (and mask)
     for p0 in range(0, mc, mr):
         base = p0 * kc  # (p0 // mr) * kc * mr: p0 steps by mr
         rows = min(mr, mc - p0)
-        if A[2] == 1 and (not masked or Y[2] == 1):  # d.T of a C-order d (and mask)
-            pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, mr, dst[base: base + kc * mr], db,
-                          want_db)
+        if dt:
+            pack_dt_panel(A, Y, masked, m0 + p0, rows, k0, kc, mr, dst[base: base + kc * mr])
         else:
             for k in range(kc):
                 for r in range(rows):
@@ -105,6 +105,22 @@ def pack_a(A, Y, masked, m0, mc, k0, kc, mr, dst, db, want_db):
                     dst[base + k * mr + r] = v
                     if want_db:
                         db[m0 + p0 + r] += v
+    if dt and want_db:
+        # db from the block just packed (in L1/L2), a row of d at a time: mc adjacent values
+        # per k, added along r (vectorised, the mask a select). Summed from each packed panel
+        # instead (mr = 6 values per k), the fused db cost 5.4 ms of linear_backward(need_dx=
+        # False)'s 36 on 50000 x 784 -> 50 float32, 2 threads, Zen 4 (weight_grad: 30.8).
+        dbs = db[m0:m0 + mc]
+        for k in range(kc):
+            arow = A[0][A[1] + m0 + (k0 + k) * A[3]:][:mc]
+            if masked:
+                yrow = Y[0][Y[1] + m0 + (k0 + k) * Y[3]:][:mc]
+                for r in range(mc):
+                    v = arow[r]  # loaded either way: a select, not a branch
+                    dbs[r] += v if yrow[r] > 0 else 0.0
+            else:
+                for r in range(mc):
+                    dbs[r] += arow[r]
 
 
 @njit(**JIT)
@@ -114,17 +130,16 @@ def a_strides(A, kc, mr):
 
 
 @njit(**JIT)
-def pack_dt_panel(A, Y, masked, m, rows, k0, kc, mr, out, db, want_db):
+def pack_dt_panel(A, Y, masked, m, rows, k0, kc, mr, out):
     """out[k * mr + r] = A[m + r, k0 + k] (masked), r < rows <= mr, k < kc: pack_a's panel of
-    d.T from a C-order d (A's row stride 1); db[m + r] += each value when want_db. Serial.
+    d.T from a C-order d (A's row stride 1). Serial.
 
     rows adjacent values per k, copied as slices (pack_dt_rows); for a whole panel the
     length and stride are the constant MR or MR_WIDE, so LLVM unrolls the copy. Each flag
-    is tested outside the loops; db is summed from the packed panel (in L1) in a second
-    pass, by colsum_quads. With the flags tested inside the k loop, 30000 x 96 float32
-    took 6.1 ms to pack on Zen 5, so, 0.6 ms (1 thread, dw of 30000 x 32 -> 96); masked,
-    50000 x 48: 10.8 ms with the ReLU's choice a branch, 2.3 ms as a select, 5.3 ms with a
-    variable length for whole panels.
+    is tested outside the loops. With the flags tested inside the k loop, 30000 x 96
+    float32 took 6.1 ms to pack on Zen 5, so, 0.6 ms (1 thread, dw of 30000 x 32 -> 96);
+    masked, 50000 x 48: 10.8 ms with the ReLU's choice a branch, 2.3 ms as a select, 5.3 ms
+    with a variable length for whole panels.
     """
     if rows == MR and mr == MR:
         pack_dt_rows(A, Y, masked, m, MR, k0, kc, MR, out)
@@ -132,8 +147,6 @@ def pack_dt_panel(A, Y, masked, m, rows, k0, kc, mr, out, db, want_db):
         pack_dt_rows(A, Y, masked, m, MR_WIDE, k0, kc, MR_WIDE, out)
     else:
         pack_dt_rows(A, Y, masked, m, rows, k0, kc, mr, out)
-    if want_db:  # the packed panel is a C-order (kc, mr) matrix: db's piece is its colsum
-        colsum_quads(out, 0, mr, 0, kc, db[m: m + rows])
 
 
 @njit(**JIT)
@@ -658,7 +671,7 @@ def colsum_rows(t, D, Y, masked, N, part, T):
 def colsum_quads(buf, off, rs, n0, n1, acc):
     """acc[j] += sum_{n0 <= n < n1} buf[off + n * rs + j], j < O = acc.shape[0], in float64:
     rows four at a time (acc loaded and stored once per four rows, vectorised along j).
-    Serial; allocates nothing (pack_dt_panel sums db with it once per panel)."""
+    Serial; allocates nothing."""
     O = acc.shape[0]
     nb = n1 - (n1 - n0) % 4
     for n in range(n0, nb, 4):

@@ -33,9 +33,11 @@ from .timing import blas_threads, interleaved_min
 # where each pays: (rung before, rung, (N, I, O), why). The ladder times each of them there
 # too, in the same run. Chosen on Zen 5 (AVX-512, 48 KB L1d, 1 MB L2 per core), float32,
 # 2026-12-04; docs/ladder.md has the measurements and the steps that tie on every shape
-# tried (the forward's and dw's blocking, dw's packing).
+# tried (the forward's and dw's blocking, dw's packing). dw's fusion moved from 50000 x 16 ->
+# 256 to -> 1024 when rungs 7-8 took float64 partials (Zen 4, 2026-12-06, 2 threads, 7+ / 8:
+# 22.5 / 18.3 ms there, 102.9 / 77.9 here; a ladder run read 0.95x at -> 256).
 SHOWCASE = {
-    "dw": (("7+", "8", (50000, 16, 256), "fusion: dy (51 MB) read once for dw and db"),),
+    "dw": (("7+", "8", (50000, 16, 1024), "fusion: dy (205 MB) read once for dw and db"),),
     "forward": (("4", "5", (2000, 1024, 4096), "packing: rows of w 16 KiB apart"),
                 ("7+", "8", (50000, 16, 256), "fusion: y (51 MB) against 0.4 GFLOP")),
     "dx": (("4", "5", (5000, 4096, 784), "packing: rows of w.T 16 KiB apart"),
