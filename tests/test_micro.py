@@ -17,56 +17,22 @@ from lingrad.kernels import MR, MR_SHORT, MR_TALL, MR_WIDE, NV, NV_TALL, NV_WIDE
 from lingrad.kernels.micro import micro, transpose_tile
 
 
-@njit
-def tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR, NV)
+def compiled(rows, nv):
+    """A jitted call of the micro-kernel's copy for a block of rows x nv vectors (constants of
+    the closure, so the intrinsic sees them as literals, as in engine.gemm_block)."""
+    @njit
+    def tile_of(a, b, c, bias, offs, dims, flags):
+        micro(a, b, c, bias, offs, dims, flags, rows, nv)
+    return tile_of
 
 
-@njit
-def short_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV)
-
-
-@njit
-def row_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, 1, NV)  # engine.gemm_block's single-row tiles
-
-
-@njit
-def wide_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR_WIDE, NV_WIDE)  # the plan's wide block
-
-
-@njit
-def wide_short_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV_WIDE)
-
-
-@njit
-def wide_row_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, 1, NV_WIDE)
-
-
-@njit
-def tall_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR_TALL, NV_TALL)  # the plan's tall block
-
-
-@njit
-def tall_short_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, MR_SHORT, NV_TALL)
-
-
-@njit
-def tall_row_tile(a, b, c, bias, offs, dims, flags):
-    micro(a, b, c, bias, offs, dims, flags, 1, NV_TALL)
-
-
-# the register blocks gemm_block runs: name -> (rows, vectors, the compiled wrapper)
-BLOCKS = {"MR": (MR, NV, tile), "MR_SHORT": (MR_SHORT, NV, short_tile), "1": (1, NV, row_tile),
-          "MR_WIDE": (MR_WIDE, NV_WIDE, wide_tile), "MR_SHORT-wide": (MR_SHORT, NV_WIDE, wide_short_tile),
-          "1-wide": (1, NV_WIDE, wide_row_tile), "MR_TALL": (MR_TALL, NV_TALL, tall_tile),
-          "MR_SHORT-tall": (MR_SHORT, NV_TALL, tall_short_tile), "1-tall": (1, NV_TALL, tall_row_tile)}
+tile = compiled(MR, NV)
+# the register blocks gemm_block runs (MR x NV, the plan's wide and tall blocks, each with its
+# MR_SHORT-row and one-row copies): name -> (rows, vectors, the compiled wrapper)
+BLOCKS = {f"{name}{suffix}": (rows, nv, tile if (rows, nv) == (MR, NV) else compiled(rows, nv))
+          for suffix, (full, nv) in (("", (MR, NV)), ("-wide", (MR_WIDE, NV_WIDE)),
+                                     ("-tall", (MR_TALL, NV_TALL)))
+          for name, rows in (("MR", full), ("MR_SHORT", MR_SHORT), ("1", 1))}
 
 
 def lanes(dtype, nv=NV):
@@ -140,7 +106,7 @@ def fma_loops(asm):
     return [b for b, t in zip(bodies, text) if not any(o != t and o in t for o in text)]
 
 
-@pytest.mark.parametrize("block", ["MR", "MR_WIDE", "MR_TALL"])
+@pytest.mark.parametrize("block", ["MR", "MR-wide", "MR-tall"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_k_loop_keeps_the_block_in_registers(dtype, block):
     MR, NV, tile = BLOCKS[block]
