@@ -176,7 +176,12 @@ COLSUM_QUADS_MAX = 64
 # AVX-512 Xeon, 2026-12-03, 1 thread, 784 -> 50 float32, direct / split, us (the same
 # harness for both, with its own overhead): N = 16 65 / 173, 64 103 / 226, 128 288 / 275,
 # 256 438 / 386, 512 771 / 613; 50 -> 10 the same way round. Past KF rows the direct
-# form needs float64 scratch, and the split form wins from about 128 rows.
+# form sums in chunks of equal length (at most KF rows), each added into dw in float32: as
+# accurate as float64 scratch for two chunks (tests/test_accuracy.py), with no scratch and
+# no merge. Zen 4, 2026-12-06, 1 thread, float32 weight_grad, us, chunks / float64 scratch
+# (the code before) / numpy: 65 x 784 -> 50 70.5 / 103.2 / 64, 96 x 784 -> 50 97.9 / 130.4 /
+# 93, 128 x 784 -> 50 126.3 / 159.5 / 122, 128 x 784 -> 256 494 / 618 / 543, 96 x 256 -> 256
+# 124 / 174 / 154.
 DW_DIRECT_ROWS = 128
 # The forward and dx read B (w, or a Fortran-ordered w.T) in place, not packed whole, for
 # at most B_IN_PLACE_ROWS rows of the batch: packing all of w costs more than it saves

@@ -7,7 +7,7 @@ Every product of the layer is one call of the same driver (plan.py builds the ca
     dx       dx    = d   @ w.T    A = d (packed with the ReLU mask, or in place),
                                   B = w.T (packed once)
     dw       dw    = x.T @ d      a short batch: A = x.T and B = d in place (d packed with
-                                  the mask), C = dw or float64 scratch
+                                  the mask), C = dw
     dw, db   dw.T  = d.T @ x      a long one: A = d.T (packed with the mask; db summed while
              db    = d.sum(0)     packing), B = x (in place, or packed per block),
                                   C = per-thread float64 partials of dw.T

@@ -128,3 +128,23 @@ def test_fused_backward_long_batch_matches_standalone():
     columns = np.ascontiguousarray(dy.T)
     assert_no_worse_than_pairwise(g.db, columns.sum(1), exact_colsum(columns))
     assert_no_worse_than_pairwise(g.dw, pairwise_weight_grad(x, dy), exact_weight_grad(x, dy))
+
+
+# A short batch (at most DW_DIRECT_ROWS rows) runs dw = x.T @ d in place: float32 sums of
+# at most KF rows, in chunks of equal length added into dw. Its error must be no worse than
+# numpy's own x.T @ dy (BLAS: one float32 running sum per output, the kernel numpy users
+# get), and past KF rows, where two half-length sums are added, clearly smaller (a single
+# running sum, or a chunk of KF rows and a short rest, would match BLAS's). Neither meets
+# the pairwise bound of the long-batch tests on every row at these lengths
+# (docs/guarantees.md).
+@pytest.mark.parametrize("N", [16, 64, 65, 100, 128])
+@pytest.mark.parametrize("dist", ["uniform", "normal"])
+def test_weight_grad_short_batch_no_worse_than_blas(N, dist):
+    rng = np.random.default_rng(SEED + N)
+    x, dy = draw(rng, (N, 784), dist), draw(rng, (N, 50), dist)
+    exact = exact_weight_grad(x, dy)
+    got = lingrad.weight_grad(x, dy)
+    assert got.dtype == np.float32
+    e_got, e_blas = rms(got.astype(np.float64) - exact), rms((x.T @ dy).astype(np.float64) - exact)
+    bound = e_blas * (1.001 if N <= lingrad.kernels.KF else 0.9)
+    assert e_got <= bound, f"rms error {e_got:.3e}, numpy's x.T @ dy {e_blas:.3e}"

@@ -59,7 +59,6 @@ def features(plan, itemsize):
          f"{plan.op} pack_a={plan.pack_a}", f"{plan.op} masked={plan.masked}",
          f"{plan.op} threads={'many' if plan.threads > 1 else 1}"}
     if plan.op == "dw":
-        f.add(f"dw swap={plan.swap} scratch={plan.scratch}")
         f.add(f"dw swap={plan.swap} pack_a={plan.pack_a}")
         f.add(f"dw swap={plan.swap} b_mode={plan.b_mode}")
     if plan.b_mode == E.AXPY:  # no tiles: rows of C, k = 0, 1 or 2
@@ -90,7 +89,7 @@ def features(plan, itemsize):
     if plan.K > kc:
         f.add(f"{plan.op} several KC blocks")
     if plan.K > kf and kf < kc:
-        f.add(f"{plan.op} float64 flushes within a block")
+        f.add(f"{plan.op} swap={plan.swap} KF chunks within a block")
     return f
 
 
@@ -98,11 +97,10 @@ REQUIRED = (
     ["forward b_mode=BLOCK", "forward b_mode=IN_PLACE", "forward pack_a=True", "forward pack_a=False",
      "forward several KC blocks", "dx b_mode=BLOCK", "dx b_mode=IN_PLACE", "dx pack_a=True",
      "dx pack_a=False", "dx masked=1", "dx several KC blocks",
-     "dw swap=True scratch=True", "dw swap=False scratch=True", "dw swap=False scratch=False",
      "dw b_mode=IN_PLACE", "dw b_mode=BLOCK", f"dw swap=True b_mode={E.BLOCK}",
      f"dw swap=True b_mode={E.IN_PLACE}", f"dw swap=False b_mode={E.BLOCK}",
      f"dw swap=False b_mode={E.IN_PLACE}", "dw masked=1", "dw masked=2", "dw several KC blocks",
-     "dw float64 flushes within a block", "forward b_mode=DOT", "dx b_mode=DOT",
+     "dw swap=True KF chunks within a block", "dw swap=False KF chunks within a block", "forward b_mode=DOT", "dx b_mode=DOT",
      "dw swap=True pack_a=True", "dw swap=True pack_a=False", "forward a one-row tile",
      "dx a one-row tile", "dw a one-row tile", "dx dot masked"]
     + [f"{op} axpy K={k}" for op in ("forward", "dx", "dw") for k in (1, 2)] + ["forward axpy K=0"]

@@ -425,14 +425,11 @@ def _backward_run(e, D, Y, WT, X, x, dx, dw, db, recs=None):
             acc = np.empty((plan.threads, e.I * e.O))
             part = np.zeros((plan.threads, e.O if plan.want_db else 0))
             A, B, C, V = (D[0], D[1], D[3], D[2]), X, (acc.reshape(-1), 0, e.I), (Y[0], Y[1], Y[3], Y[2])
-        elif plan.scratch:  # dw = x.T @ d, float64 sums, rounded once
-            acc = np.empty((1, e.I * e.O))
-            A, B, C, V = (X[0], X[1], X[3], X[2]), D, (acc.reshape(-1), 0, e.O), Y
         else:  # dw = x.T @ d, written in place
             A, B, C, V = (X[0], X[1], X[3], X[2]), D, (dw.ravel(), 0, e.O), Y
         p_dw = _record(g, A, B, C, V) if recs is None else recs[1]
         _gemm(g, p_dw, A[0], B[0], C[0], V[0], db=part)
-        if plan.swap or plan.scratch:
+        if plan.swap:
             _merge(acc, dw, plan.swap, e.accumulate, e.merge_dw)
         if plan.want_db:
             db_acc = part
@@ -536,8 +533,6 @@ def _prepare_backward(plans, N, I, O, dy, x, w, relu_out, D, X, W, Y, masked, ne
         plan = plans.dw
         if plan.swap:
             g_dw = _prepare(plan, dtype, f64, partial=I * O)
-        elif plan.scratch:
-            g_dw = _prepare(plan, dtype, f64)
         else:
             g_dw = _prepare(plan, dtype, dtype, accumulate=accumulate)
         merge_dw = plan.threads

@@ -17,8 +17,8 @@ The three products, as C (M x N) = A (M x K) @ B (K x N):
                                                      nothing (the dot kernel); else w.T (once per call); d when masked or
                                                      not contiguous along O
     dw        dw     x.T    d     rows of dw         a batch up to DW_DIRECT_ROWS: nothing (d
-                                                     per block when masked); float64 scratch
-                                                     past KF float32 terms
+                                                     per block when masked); float32 sums
+                                                     past KF terms in equal chunks
     dw        dw.T   d.T    x     the batch (K)      a longer batch: d.T (with the mask; db
                                                      summed there); x read in place, or per
                                                      block when its rows are X_ALIASED_BYTES apart
@@ -34,7 +34,7 @@ from typing import Optional, Tuple
 from . import kernels as K
 
 Plan = namedtuple("Plan", ["op", "M", "K", "N", "threads", "split", "blocks", "pack_a", "b_mode",
-                           "masked", "want_db", "swap", "scratch"])
+                           "masked", "want_db", "swap"])
 Plan.__doc__ = """How one product runs.
 
 op: "forward", "dx" or "dw"; M, K, N: C = A (M x K) @ B (K x N), as the engine runs it;
@@ -46,8 +46,8 @@ pack_a: A is packed (else read in place); b_mode: how B is read (engine.WHOLE: p
 once; IN_PLACE: read where it is; BLOCK: packed KC rows at a time);
 masked: the operand the ReLU mask is applied to while it is packed (0 none, engine.MASK_A
 or engine.MASK_B); want_db: db is summed while A is packed;
-swap: dw runs as dw.T = d.T @ x (else dw = x.T @ d); scratch: C is float64 scratch, added
-into the output afterwards (engine.merge).
+swap: dw runs as dw.T = d.T @ x into per-thread float64 partials, added up into dw
+afterwards (engine.merge); else dw = x.T @ d, written in place.
 """
 
 
@@ -80,23 +80,24 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         pack = bool(masked or N > K.MR)
         return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf, register_block(M, None, itemsize)), pack,
                     b_mode,
-                    E.MASK_A if masked else 0, bool(want_db and pack), True, True)
+                    E.MASK_A if masked else 0, bool(want_db and pack), True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
     if Kdim <= K.AXPY_MAX_K and (not masked or op == "dx"):
         # a summed axis of a value or two (an outer product): each row of C is a few
         # scaled rows of B (engine.axpy_block; dx's ReLU mask applied to each scalar of
         # d), rows of C over threads
         return Plan(op, M, Kdim, N, T, 0, (K.MR, Kdim, Kdim, 0), False, E.AXPY,
-                    E.MASK_A if masked else 0, False, False, False)
+                    E.MASK_A if masked else 0, False, False)
     if op == "dw":
         # a short batch: dw = x.T @ d with x.T and d read in place, rows of dw over threads;
-        # float32 sums longer than KF terms go through float64 scratch
-        scratch = itemsize < 8 and Kdim > K.KF
+        # float32 sums longer than KF terms are split into chunks of equal length, each
+        # summed in registers and added into dw
+        chunks = max(1, -(-Kdim // K.KF)) if itemsize < 8 else 1
         b_mode = E.IN_PLACE if b_unit_n and not masked else E.BLOCK
         block = register_block(N, Kdim, itemsize)
         return Plan(op, M, Kdim, N, T, 0, (max(K.MC, K.BLOCKS[block][0]), kc,
-                                           K.KF if scratch else kc, block), False, b_mode,
-                    E.MASK_B if masked else 0, False, False, scratch)
+                                           max(1, -(-Kdim // chunks)), block), False, b_mode,
+                    E.MASK_B if masked else 0, False, False)
     narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize)
     if (narrow and (a_unit_k or masked)
             or a_unit_k and not masked and not b_unit_n and M <= K.DOT_MAX_ROWS):
@@ -106,7 +107,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         # mask) is copied masked, a block of rows at a time, whatever its layout
         T = min(threads, max(1, M // K.DOT_ACC)) if work >= K.SERIAL_WORK else 1
         return Plan(op, M, Kdim, N, T, 0, (K.DOT_ACC, Kdim, Kdim, 0), False, E.DOT,
-                    E.MASK_A if masked else 0, False, False, False)
+                    E.MASK_A if masked else 0, False, False)
     pack_a = masked or not a_unit_k
     block = register_block(N, Kdim, itemsize)
     mc = max(K.MC_PACKED if pack_a else K.MC, K.BLOCKS[block][0])  # one tile of rows at least
@@ -115,7 +116,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
     b_mode = (E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE if T > 1 else
               E.BLOCK)
     return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc, block), pack_a, b_mode,
-                E.MASK_A if masked else 0, False, False, False)
+                E.MASK_A if masked else 0, False, False)
 
 
 def register_block(N: int, Kdim: Optional[int], itemsize: int) -> int:
@@ -196,10 +197,9 @@ def explain(plan: Plan) -> str:
     if plan.swap:
         lines.append("  C: per-thread float64 partials of dw.T, added up and rounded once into dw "
                      "(engine.merge)")
-    elif plan.scratch:
-        lines.append("  C: float64 scratch, rounded once into dw (engine.merge)")
     if plan.op == "dw" and kf < kc:
-        lines.append(f"  float32 sums of {kf} terms (KF) are added into the float64 partials")
+        lines.append(f"  float32 sums of {kf} terms (at most KF) are added into "
+                     + ("the float64 partials" if plan.swap else "dw, a chunk at a time"))
     return "\n".join(lines)
 
 
