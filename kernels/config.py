@@ -181,8 +181,19 @@ COLSUM_QUADS_MAX = 64
 # no merge. Zen 4, 2026-12-06, 1 thread, float32 weight_grad, us, chunks / float64 scratch
 # (the code before) / numpy: 65 x 784 -> 50 70.5 / 103.2 / 64, 96 x 784 -> 50 97.9 / 130.4 /
 # 93, 128 x 784 -> 50 126.3 / 159.5 / 122, 128 x 784 -> 256 494 / 618 / 543, 96 x 256 -> 256
-# 124 / 174 / 154.
-DW_DIRECT_ROWS = 128
+# 124 / 174 / 154. Then against the split form past 128 rows, chunks (DW_DIRECT_ROWS 512) /
+# split (128) / numpy, us, 1 thread: 256 x 784 -> 50 248 / 271 / 230, 384 x 784 -> 50 369 /
+# 388 / 343, 256 x 784 -> 256 975 / 1312 / 999, 512 x 64 -> 64 42 / 77 / 63, 512 x 16 -> 256
+# 44 / 75 / 75; 2 threads: 160 x 784 -> 50 101 / 183 / 91, 512 x 64 -> 64 28 / 62 / 53,
+# 512 x 256 -> 512 634 / 835 / 722; 1024 rows mixed (50 -> 10: 78 / 66), so 512. Up to 512
+# rows, 8 chunks, the rms error of float32 dw is 2-25% above the split form's float64
+# partials and below BLAS's (docs/guarantees.md).
+DW_DIRECT_ROWS = 512
+# ... with the ReLU mask, d is packed masked (pack_b) and db summed alone, where the split
+# form sums db while it packs d.T: past 128 rows it lost on narrow layers at 2 threads
+# (masked dw + db, us, direct / split: 512 x 8 -> 512 192 / 132, 256 x 50 -> 10 22 / 18,
+# 384 x 50 -> 10 23 / 20; even on 256 x 784 -> 50, 164 / 164), so the mask keeps 128.
+DW_DIRECT_MASKED_ROWS = 128
 # The forward and dx read B (w, or a Fortran-ordered w.T) in place, not packed whole, for
 # at most B_IN_PLACE_ROWS rows of the batch: packing all of w costs more than it saves
 # on a short batch.

@@ -181,18 +181,26 @@ def pack_b(B, Y, masked, k0, kc, n0, nc, nr, ldp, dst):
     for p0 in range(0, nc, nr):
         base = (p0 // nr) * ldp
         cols = min(nr, nc - p0)
-        if masked:  # d, for dw = x.T @ d on a small batch
-            for k in range(kc):
-                for p in range(nr):
-                    dst[base + k * nr + p] = value(B, Y, masked, k0 + k, n0 + p0 + p) if p < cols else 0.0
-        elif B[3] == 1:  # rows of B contiguous (x, w): a copy of each row's piece
+        if B[3] == 1 and (not masked or Y[3] == 1):
+            # rows of B contiguous (x, w, or d and y for dw = x.T @ d on a short batch): a
+            # copy of each row's piece, masked by a select that vectorises (value by value
+            # before: 512 x 8 -> 512 masked dw+db, 1 thread, Zen 4, 479 -> 202 us)
             for k in range(kc):
                 src = B[0][B[1] + (k0 + k) * B[2] + n0 + p0:][:cols]
                 out = dst[base + k * nr: base + (k + 1) * nr]
-                for p in range(cols):
-                    out[p] = src[p]
+                if masked:
+                    y = Y[0][Y[1] + (k0 + k) * Y[2] + n0 + p0:][:cols]
+                    for p in range(cols):
+                        out[p] = src[p] if y[p] > 0 else 0.0
+                else:
+                    for p in range(cols):
+                        out[p] = src[p]
                 for p in range(cols, nr):
                     out[p] = 0.0
+        elif masked:  # d, for dw = x.T @ d on a short batch, in any other layout
+            for k in range(kc):
+                for p in range(nr):
+                    dst[base + k * nr + p] = value(B, Y, masked, k0 + k, n0 + p0 + p) if p < cols else 0.0
         elif B[3] <= B[2]:
             for k in range(kc):
                 src = B[1] + (k0 + k) * B[2] + (n0 + p0) * B[3]

@@ -137,7 +137,7 @@ def test_fused_backward_long_batch_matches_standalone():
 # running sum, or a chunk of KF rows and a short rest, would match BLAS's). Neither meets
 # the pairwise bound of the long-batch tests on every row at these lengths
 # (docs/guarantees.md).
-@pytest.mark.parametrize("N", [16, 64, 65, 100, 128])
+@pytest.mark.parametrize("N", [16, 64, 65, 100, 128, 129, 256, 512])
 @pytest.mark.parametrize("dist", ["uniform", "normal"])
 def test_weight_grad_short_batch_no_worse_than_blas(N, dist):
     rng = np.random.default_rng(SEED + N)
