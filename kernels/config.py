@@ -119,6 +119,22 @@ KF = 64
 DOT_ACC = 16 if VECTOR_BYTES == 64 else 8
 DOT_COLS = 4
 DOT_SHARE = 3
+# Those measurements predate the tall block (MR_TALL x 1 vector): for N <= L lanes it
+# does one FMA per row of C and value of k, whatever N, where the dot kernel does, per
+# output, a vector FMA per L values of k plus the sum across lanes and the store. Model:
+# the dot kernel pays while N * (ceil(K / L) + DOT_REDUCE) <= TALL_PER_K * K (both in
+# vector FMAs per row of C). Fitted on Zen 4, 2026-12-06, 1 thread, forward of 4096 rows,
+# dot / tall time (> 1: the tall block is faster):
+#   float32, N =      2    3    4    6    8   10       float64, N =  2    3    4    5
+#     K = 16       0.63 0.83 0.93 1.68 2.08 2.63         K = 16    0.73 0.93 1.12 1.65
+#     K = 50       0.44 0.59 0.69 1.23 1.47 1.93         K = 50    0.51 0.65 0.82 1.29
+#     K = 128      0.24 0.31 0.46 0.72 0.90 1.05         K = 128   0.42 0.51 0.63 1.07
+#     K = 256      0.26 0.29 0.35 0.62 0.78 0.99         K = 256   0.31 0.26 0.37 0.67
+#     K = 784      0.27 0.32 0.33 0.65 0.67 1.01         K = 784   0.47 0.64 0.68 0.97
+# (the least-squares fit of both tables gives 1.9-2.0 and 0.69-0.78). The train step's
+# 1024 x 50 -> 10 forward: 43.2 -> 23.5 us (numpy 26.4); 50000 x 50 -> 10: 1542 -> 848.
+DOT_REDUCE = 2
+TALL_PER_K = 0.75
 # ... and for a product of at most DOT_MAX_ROWS rows whose B has contiguous columns (dx's
 # w.T of a C-order w), which the micro-kernel would have packed whole for a few rows.
 DOT_MAX_ROWS = 4

@@ -99,7 +99,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         return Plan(op, M, Kdim, N, T, 0, (max(K.MC, K.BLOCKS[block][0]), kc,
                                            max(1, -(-Kdim // chunks)), block), False, b_mode,
                     E.MASK_B if masked else 0, False, False)
-    narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize)
+    narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize) and dot_pays(N, Kdim, itemsize)
     if (narrow and (a_unit_k or masked)
             or a_unit_k and not masked and not b_unit_n and M <= K.DOT_MAX_ROWS):
         # few output columns, or a short batch whose B would be packed whole (B.T's rows,
@@ -118,6 +118,17 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
               E.BLOCK)
     return Plan(op, M, Kdim, N, T, 0, (mc, kc, kc, block), pack_a, b_mode,
                 E.MASK_A if masked else 0, False, False)
+
+
+def dot_pays(N: int, Kdim: int, itemsize: int) -> bool:
+    """Whether the dot kernel beats the tall register block on C's N columns summed over
+    Kdim: N * (ceil(Kdim / L) + DOT_REDUCE) <= TALL_PER_K * Kdim vector FMAs per row of C
+    (L lanes; kernels/config.py has the model and its measurements). Always, for N wider
+    than the tall block or where it is the MR x NV block itself."""
+    lanes = K.VECTOR_BYTES // itemsize
+    if N > lanes or K.BLOCKS[2] == K.BLOCKS[0]:
+        return True
+    return N * (-(-Kdim // lanes) + K.DOT_REDUCE) <= K.TALL_PER_K * Kdim
 
 
 def register_block(N: int, Kdim: Optional[int], itemsize: int) -> int:
