@@ -177,9 +177,11 @@ def borrowed(typingctx, a):
     atomic add and a call each way); gdb sampling put 13 of 36 samples of pack_b on 512 x
     512 in NRT_incref and NRT_decref (pack_b on it: 134 -> 51 us; the forward of 100 x 300
     -> 700 float32, 1 thread, which packs w a block at a time, 526-537 -> 426-458 us).
-    Where Numba's reference-count pruning already removes the pairs (the straight-line
-    copies of pack_dt_rows, pack_a's runs), a null meminfo measured slower, so pack_b alone
-    uses it. The view is valid while the caller holds a, as every kernel here does for the
+    Tried also in pack_a, pack_dt_rows, masked_rows, axpy_block, colsum_rows and merge_part:
+    no faster, and slower in two (50000 x 784 -> 50 dw 53-54 -> 58-64 ms, 50000 x 50 -> 1 dx
+    283 -> 358-371 us, alternating runs; not explained: perhaps Numba's reference-count
+    pruning already removed those pairs and the calls on a null pointer stay), so pack_b
+    alone uses it. The view is valid while the caller holds a, as every kernel here does for the
     arrays it is passed: never borrow an array the function allocated itself (Numba frees it
     after its last use, which the view does not count)."""
     def codegen(context, builder, sig, args):
