@@ -310,7 +310,8 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
     A's dtype or float64: a float64 C gets the sums of KF terms at a time. The
     first k block overwrites C (never read) unless accumulate, later ones add;
     the bias and ReLU are applied on the last, in registers.
-    Loops: pc (KC), ic (MC), jr (NR), ir (MR), then KF chunks. Serial.
+    Loops: pc (KC), ic (MC), jr (NR), ir (MR), then KF chunks; a block of one chunk
+    (KF >= KC) runs its whole tiles down C in one micro-kernel call. Serial.
     """
     m0, m1, k0, k1, N = dims
     MC, KC, KF, block = blocks
@@ -328,18 +329,25 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
             mc = min(MC, m1 - ic)
             if pack:
                 pack_a(A, Y, masked == MASK_A, ic, mc, pc, kc, mr, ap, db, want_db)
+            # whole tiles of one sum (no KF chunks) in one micro-kernel call, which runs
+            # them down C (the call, its arguments and masks once per column of tiles)
+            whole = mc - mc % mr if KF >= kc else mr
+            astep = mr * kc if pack else mr * A[2]
             for jr in range(0, N, nr):
                 n = min(nr, N - jr)
-                for ir in range(0, mc, mr):
+                ir = 0
+                while ir < mc:
                     m = min(mr, mc - ir)
+                    tiles = max(1, min(whole, mc - ir) // mr) if m == mr else 1
                     if pack:
                         ao, ars, acs = ir * kc, packed[0], packed[1]
                     else:
                         ao, ars, acs = A[1] + (ic + ir) * A[2] + pc * A[3], A[2], A[3]
                     co = coff + (ic + ir) * ldc + jr
+                    ir += tiles * mr
                     for kq in range(0, max(kc, 1), KF):
                         end = last and kq + KF >= kc
-                        dk = (min(KF, kc - kq), m, n)
+                        dk = (min(KF, kc - kq), m, n, tiles, astep, mr * ldc)
                         fl = (accumulate or pc > k0 or kq > 0, end and bias.size > 0, relu and end)
                         a_at = ao + kq * acs
                         # two call sites, for B read in place and for packed B (two

@@ -12,8 +12,9 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
     C[r, p] = c[ic + r * ldc + p]         row-major, unit column stride
     bias[p] = bias[ibias + p]             read only when use_bias
 
-    offs = (ia, rsa, csa, ib, ldb, ic, ldc, ibias), dims = (kc, m, n),
-    flags = (beta, use_bias, relu), all scalars; rows and nv, constants, are the height
+    offs = (ia, rsa, csa, ib, ldb, ic, ldc, ibias), dims = (kc, m, n), or (kc, m, n,
+    tiles, astep, cstep) for a column of tiles down C in one call (tile t: A from ia + t *
+    astep, C from ic + t * cstep, each of m rows), flags = (beta, use_bias, relu), all scalars; rows and nv, constants, are the height
     and the width in vectors of the register block (config.BLOCKS: MR x NV, the wide
     MR_WIDE x NV_WIDE or the tall MR_TALL x 1; MR_SHORT or 1 rows for the short tiles of a
     short M). micro_tile chooses among them at run time for the engine.
@@ -182,7 +183,9 @@ def _emit(context, builder, sig, args, MR, NV):
     aty, bty, cty, biasty = sig.args[:4]
     ia, rsa, csa, ib, ldb, ic, ldc, ibias = _scalars(context, builder, args[4], sig.args[4],
                                                      types.int64)
-    kc, m, n = _scalars(context, builder, args[5], sig.args[5], types.int64)
+    dims = _scalars(context, builder, args[5], sig.args[5], types.int64)
+    kc, m, n = dims[:3]
+    tiles, astep, cstep = dims[3:] if len(dims) == 6 else (I64(1), I64(0), I64(0))
     beta, use_bias, relu = _scalars(context, builder, args[6], sig.args[6], types.boolean)
     pa, pb, pc, pbias = (context.make_array(t)(context, builder, v).data
                          for t, v in zip(sig.args[:4], args[:4]))
@@ -196,8 +199,19 @@ def _emit(context, builder, sig, args, MR, NV):
     cload, cstore = f"llvm.masked.load.{_suffix(cvt)}.p0", f"llvm.masked.store.{_suffix(cvt)}.p0"
     zero, czero = ir.Constant(vt, [0.0] * vl), ir.Constant(cvt, [0.0] * vl)
 
-    def body(builder, pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n,
-             beta, use_bias, relu):
+    def body(builder, pa, pb, pc, pbias, ia0, rsa, csa, ib, ldb, ic0, ldc, ibias, kc, m, n,
+             beta, use_bias, relu, tiles, astep, cstep):
+        # the tiles, one after another down C: tile t at ia0 + t * astep in A, ic0 + t *
+        # cstep in C, each of m rows (one call for a column of tiles: the call, its
+        # arguments and the lane masks once, not per tile)
+        first = builder.block
+        tile = builder.append_basic_block("micro.tile")
+        builder.branch(tile)
+        builder.position_at_end(tile)
+        t = builder.phi(I64)
+        t.add_incoming(I64(0), first)
+        ia = builder.add(ia0, builder.mul(t, astep))
+        ic = builder.add(ic0, builder.mul(t, cstep))
         # loop-invariant: the address of each row of A (rows past m read row 0)
         arow = [builder.gep(pa, [builder.add(ia, builder.mul(
             builder.select(builder.icmp_signed("<", I64(r), m), I64(r), I64(0)), rsa))])
@@ -297,10 +311,16 @@ def _emit(context, builder, sig, args, MR, NV):
                                 with plain:
                                     store(add_old, whole, False)
 
-    name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}x{NV}"
+        t1 = builder.add(t, I64(1))
+        t.add_incoming(t1, builder.block)
+        after = builder.append_basic_block("micro.tiles.done")
+        builder.cbranch(builder.icmp_signed("<", t1, tiles), tile, after)
+        builder.position_at_end(after)
+
+    name = f"lingrad.micro.{aty.dtype}.{bty.dtype}.{cty.dtype}.{biasty.dtype}.{MR}x{NV}.tiles"
     _outlined(builder, name, body,
               [pa, pb, pc, pbias, ia, rsa, csa, ib, ldb, ic, ldc, ibias, kc, m, n, beta,
-               use_bias, relu])
+               use_bias, relu, tiles, astep, cstep])
 
 
 @intrinsic

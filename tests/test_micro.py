@@ -78,6 +78,30 @@ def test_contract(dtype, cdtype, rows, m_off, n_off, a_layout):
     assert c.dtype == cdtype
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_off", [0, 3], ids=["n=NR", "n=NR-3"])
+@pytest.mark.parametrize("beta", [False, True])
+def test_a_column_of_tiles_in_one_call(dtype, n_off, beta):
+    """dims (kc, m, n, tiles, astep, cstep): tile t reads A from ia + t * astep and writes C
+    from ic + t * cstep, each as one call would (engine.gemm_block's columns of tiles); the
+    bias is the same for every tile, and C outside the tiles is not touched."""
+    tiles, kc = 3, 21
+    nr = lanes(dtype)
+    n = nr - n_off
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((tiles * MR, kc)).astype(dtype)
+    b = rng.standard_normal((kc, nr)).astype(dtype)
+    bias = rng.standard_normal(nr).astype(dtype)
+    ldc = nr + 2
+    c = np.full((tiles * MR + 1, ldc), 0.5, dtype)
+    want = c.copy()
+    want[1:, :n] = (0.5 if beta else 0) + a.astype(np.float64) @ b[:, :n] + bias[:n]
+    tile(a.reshape(-1), b.reshape(-1), c.reshape(-1), bias, (0, kc, 1, 0, nr, ldc, ldc, 0),
+         (kc, MR, n, tiles, MR * kc, MR * ldc), (beta, True, False))
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(c, want, rtol=tol, atol=tol * kc)
+
+
 def test_relu_keeps_nan_and_empty_sum_writes_bias():
     nr = lanes(np.float32)
     a = np.zeros(MR, np.float32)
@@ -91,19 +115,18 @@ def test_relu_keeps_nan_and_empty_sum_writes_bias():
 
 def fma_loops(asm):
     """The bodies of the innermost loops holding FMAs: from the label a backward branch
-    jumps to, to that branch (the micro-kernel has two: full tiles and edge tiles)."""
+    jumps to, to that branch (the micro-kernel has two: full tiles and edge tiles). A loop
+    whose line range holds another loop's is an outer one (the loop over tiles)."""
     lines = [ln.strip() for ln in asm.splitlines()]
     labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.?L\w+:$", ln)}
-    bodies = []
+    spans = []
     for i, ln in enumerate(lines):
         jump = re.match(r"^j\w+\s+(\.?L\w+)$", ln)
         if jump and jump.group(1) in labels and labels[jump.group(1)] < i:
-            body = lines[labels[jump.group(1)] + 1:i]
-            if any("vfmadd" in x for x in body):
-                bodies.append(body)
-    # the innermost only: a loop whose body holds another FMA loop's body is an outer loop
-    text = ["\n".join(b) for b in bodies]
-    return [b for b, t in zip(bodies, text) if not any(o != t and o in t for o in text)]
+            spans.append((labels[jump.group(1)] + 1, i))
+    inner = [(a, b) for a, b in spans
+             if not any((c, d) != (a, b) and a <= c and d <= b for c, d in spans)]
+    return [lines[a:b] for a, b in inner if any("vfmadd" in x for x in lines[a:b])]
 
 
 @pytest.mark.parametrize("block", ["MR", "MR-wide", "MR-tall"])

@@ -90,6 +90,9 @@ def features(plan, itemsize):
         f.add(f"{plan.op} several KC blocks")
     if plan.K > kf and kf < kc:
         f.add(f"{plan.op} swap={plan.swap} KF chunks within a block")
+    if kf >= kc and min(mc, plan.M // max(plan.threads, 1)) >= 2 * MR:
+        # engine.gemm_block runs a column of whole tiles in one micro-kernel call
+        f.add(f"{plan.op} a column of tiles per call")
     return f
 
 
@@ -102,7 +105,9 @@ REQUIRED = (
      f"dw swap=False b_mode={E.IN_PLACE}", "dw masked=1", "dw masked=2", "dw several KC blocks",
      "dw swap=True KF chunks within a block", "dw swap=False KF chunks within a block", "forward b_mode=DOT", "dx b_mode=DOT",
      "dw swap=True pack_a=True", "dw swap=True pack_a=False", "forward a one-row tile",
-     "dx a one-row tile", "dw a one-row tile", "dx dot masked"]
+     "dx a one-row tile", "dw a one-row tile", "dx dot masked",
+     "forward a column of tiles per call", "dx a column of tiles per call",
+     "dw a column of tiles per call"]
     + [f"{op} axpy K={k}" for op in ("forward", "dx", "dw") for k in (1, 2)] + ["forward axpy K=0"]
     + [f"dx axpy masked K={k}" for k in (1, 2)]
     + [f"{op} dot: {edge}" for op in ("forward", "dx")
