@@ -217,11 +217,12 @@ COLSUM_QUADS_MAX = 64
 # rows, 8 chunks, the rms error of float32 dw is 2-25% above the split form's float64
 # partials and below BLAS's (docs/guarantees.md).
 DW_DIRECT_ROWS = 512
-# ... with the ReLU mask, d is packed masked (pack_b) and db summed alone, where the split
-# form sums db while it packs d.T: past 128 rows it lost on narrow layers at 2 threads
-# (masked dw + db, us, direct / split: 512 x 8 -> 512 192 / 132, 256 x 50 -> 10 22 / 18,
-# 384 x 50 -> 10 23 / 20; even on 256 x 784 -> 50, 164 / 164), so the mask keeps 128.
-DW_DIRECT_MASKED_ROWS = 128
+# With the ReLU mask, d is packed masked (pack_b) and db summed alone, where the split
+# form sums db while it packs d.T; the mask kept 128 rows at first (512 x 8 -> 512 masked dw
+# + db, 2 threads, us, direct / split: 192 / 132), until pack_b counted no references and
+# tiles ran a column per call: then, 1 / 2 threads, 256 x 784 -> 50 261 / 284, 157 / 215;
+# 512 x 8 -> 512 134 / 240, 132 / 164; 256 x 256 -> 256 350 / 491, 196 / 268; 512 x 784
+# -> 50 551 / 544, 340 / 325; 384 x 50 -> 10 19.6 / 20.9, 21.1 / 20.5: one limit for both.
 # The forward and dx read B (w, or a Fortran-ordered w.T) in place, not packed whole, for
 # at most B_IN_PLACE_ROWS rows of the batch: packing all of w costs more than it saves
 # on a short batch.

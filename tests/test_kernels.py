@@ -12,9 +12,8 @@ from lingrad import reference as ref
 # MR = 6 or 12, columns not a multiple of NR = 8 to 32); a summed axis of 1 or 2 (O for dx,
 # N for dw); I or O past KC_MAX = 1024 (2050: the forward's and dx's KC_BLOCK slices);
 # batches up to B_IN_PLACE_ROWS = 64 (w read in place) and past it (w packed whole);
-# batches up to DW_DIRECT_ROWS = 512 (DW_DIRECT_MASKED_ROWS = 128 with the ReLU mask; dw =
-# x.T @ d in place; past KF = 64 in chunks of equal length) and past them (130 to 600 masked,
-# 600 plain: dw.T in per-thread partials, several KC_DW slices);
+# batches up to DW_DIRECT_ROWS = 512 (dw = x.T @ d in place; past KF = 64 in chunks of equal
+# length) and past it (600: dw.T in per-thread partials, several KC_DW slices);
 # O past MC_DW = 96; I = 1024 (rows of x 4 KiB apart: x packed per block for dw); work
 # below and above SERIAL_WORK. LAYOUTS add packed A (x or dy not contiguous along their
 # rows) and packing of w from every stride pattern; the wide register block (plan.register_block)

@@ -95,12 +95,10 @@ def _path(plan: P.Plan) -> str:
                 f"kernel), " + ("d copied masked a block of rows at a time" if plan.masked else
                                 "nothing packed"))
     if plan.op == "dw":
-        name, rows = (("DW_DIRECT_MASKED_ROWS", K.DW_DIRECT_MASKED_ROWS) if plan.masked else
-                      ("DW_DIRECT_ROWS", K.DW_DIRECT_ROWS))
         if plan.swap:
-            return (f"long batch (N = {plan.K} > {name} = {rows}): dw.T = d.T @ x "
+            return (f"long batch (N = {plan.K} > DW_DIRECT_ROWS = {K.DW_DIRECT_ROWS}): dw.T = d.T @ x "
                     f"split over the batch into per-thread float64 partials")
-        return (f"short batch (N = {plan.K} <= {name} = {rows}): dw = x.T @ d, "
+        return (f"short batch (N = {plan.K} <= DW_DIRECT_ROWS = {K.DW_DIRECT_ROWS}): dw = x.T @ d, "
                 f"x.T and d read where they are, rows of dw over threads")
     b = "w" if plan.op == "forward" else "w.T"
     if plan.b_mode == E.IN_PLACE:

@@ -16,8 +16,7 @@ The three products, as C (M x N) = A (M x K) @ B (K x N):
     dx        dx     d      w.T   rows of dx         at most NR / DOT_SHARE columns, d unmasked:
                                                      nothing (the dot kernel); else w.T (once per call); d when masked or
                                                      not contiguous along O
-    dw        dw     x.T    d     rows of dw         a batch up to DW_DIRECT_ROWS (masked:
-                                                     DW_DIRECT_MASKED_ROWS): nothing (d
+    dw        dw     x.T    d     rows of dw         a batch up to DW_DIRECT_ROWS: nothing (d
                                                      per block when masked); float32 sums
                                                      past KF terms in equal chunks
     dw        dw.T   d.T    x     the batch (K)      a longer batch: d.T (with the mask; db
@@ -67,7 +66,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
     work = M * Kdim * N
     E = K.engine
     kc = max(1, Kdim) if Kdim <= K.KC_MAX else K.KC_BLOCK
-    if op == "dw" and Kdim > (K.DW_DIRECT_MASKED_ROWS if masked else K.DW_DIRECT_ROWS):
+    if op == "dw" and Kdim > K.DW_DIRECT_ROWS:
         # a long batch is split over threads, each into its own float64 partial of dw.T:
         # dw.T = d.T @ x, d.T packed with the mask (db summed there), x read in place along I.
         # An unmasked d.T of at most MR rows (one micro-panel) is read in place, and its db
