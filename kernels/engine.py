@@ -555,9 +555,9 @@ def gemm_task(t, a, b, c, y, bias, db, bp, p, T):
     pack, masked, bmode, relu, want_db, accumulate = flags
     kc = min(KC, max(K, 1))
     mr, nr = tile_shape(bp, block)
-    ap = np.empty(-(-min(MC, M) // mr) * mr * kc if pack else 0, bp.dtype)
-    cols = -(-N // nr) * nr if bmode == BLOCK else 0
-    edge = bp if bmode == WHOLE else np.empty(kc * cols, bp.dtype)
+    # (an empty slice of bp where nothing is packed: no allocation)
+    ap = np.empty(-(-min(MC, M) // mr) * mr * kc, bp.dtype) if pack else bp[:0]
+    edge = np.empty(kc * -(-N // nr) * nr, bp.dtype) if bmode == BLOCK else bp
     if split == 0:
         rows, ks, coff = (t * M // T, (t + 1) * M // T), (0, K), C[1]
     else:

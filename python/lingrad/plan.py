@@ -73,12 +73,18 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         # summed alone (colsum, short rows as one run): a row of d per k either way, and
         # packing one narrow panel costs more than it saves (Zen 5, 1 thread, float32 dw,
         # packed / in place, us: 50000 x 50 -> 1 287-315 / 169-205, 50000 x 50 -> 4 352-426
-        # / 216-224; wider d.T measured no better in place; db alone of 50000 x 1: 4 us)
+        # / 216-224; wider d.T measured no better in place; db alone of 50000 x 1: 4 us).
+        # So is an unmasked d.T of any height when dw.T has one panel of columns (I <= NR):
+        # each packed value would be read once (Zen 4, 2026-12-06, 1 thread, float32, ms,
+        # packed / in place, dw and dw + db: 50000 x 16 -> 256 14.9 / 9.2 and 15.2 / 11.1,
+        # 50000 x 8 -> 256 16.1 / 9.6 and 16.4 / 11.4, 50000 x 16 -> 64 2.8 / 1.9 and 3.6 /
+        # 1.6; 20000 x 784 -> 50, many panels: 22.8 / 22.4, the same)
         T = min(threads, max(1, Kdim // K.DW_SPLIT_ROWS)) if work >= K.SERIAL_WORK else 1
         kf = K.KF if itemsize < 8 else K.KC_DW
         b_mode = E.BLOCK if (M * itemsize) % K.X_ALIASED_BYTES == 0 else E.IN_PLACE
-        pack = bool(masked or N > K.MR)
-        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf, register_block(M, None, itemsize)), pack,
+        block = register_block(M, None, itemsize)
+        pack = bool(masked or N > K.MR and M > tile_columns(block, itemsize))
+        return Plan(op, N, Kdim, M, T, 1, (K.MC_DW, K.KC_DW, kf, block), pack,
                     b_mode,
                     E.MASK_A if masked else 0, bool(want_db and pack), True)
     T = min(threads, max(1, M // K.MR)) if work >= K.SERIAL_WORK else 1
