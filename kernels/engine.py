@@ -207,12 +207,12 @@ def pack_b(B, Y, masked, k0, kc, n0, nc, nr, ldp, dst):
             # rows of B contiguous (x, w, or d and y for dw = x.T @ d on a short batch): a
             # copy of each row's piece, masked by a select that vectorises (value by value
             # before: 512 x 8 -> 512 masked dw+db, 1 thread, Zen 4, 479 -> 202 us)
-            b, y_, d = borrowed(B[0]), borrowed(Y[0]), borrowed(dst)
+            bbuf, ybuf, panels = borrowed(B[0]), borrowed(Y[0]), borrowed(dst)
             for k in range(kc):
-                src = b[B[1] + (k0 + k) * B[2] + n0 + p0:][:cols]
-                out = d[base + k * nr: base + (k + 1) * nr]
+                src = bbuf[B[1] + (k0 + k) * B[2] + n0 + p0:][:cols]
+                out = panels[base + k * nr: base + (k + 1) * nr]
                 if masked:
-                    y = y_[Y[1] + (k0 + k) * Y[2] + n0 + p0:][:cols]
+                    y = ybuf[Y[1] + (k0 + k) * Y[2] + n0 + p0:][:cols]
                     for p in range(cols):
                         out[p] = src[p] if y[p] > 0 else 0.0
                 else:
@@ -329,16 +329,15 @@ def gemm_block(A, B, C, Y, bias, db, ap, bp, dims, blocks, flags):
             mc = min(MC, m1 - ic)
             if pack:
                 pack_a(A, Y, masked == MASK_A, ic, mc, pc, kc, mr, ap, db, want_db)
-            # whole tiles of one sum (no KF chunks) in one micro-kernel call, which runs
-            # them down C (the call, its arguments and masks once per column of tiles)
-            whole = mc - mc % mr if KF >= kc else mr
             astep = mr * kc if pack else mr * A[2]
             for jr in range(0, N, nr):
                 n = min(nr, N - jr)
                 ir = 0
                 while ir < mc:
                     m = min(mr, mc - ir)
-                    tiles = max(1, min(whole, mc - ir) // mr) if m == mr else 1
+                    # the whole tiles of a block of one sum (no KF chunks) in one call, down
+                    # C (the call, its arguments and masks once per column of tiles)
+                    tiles = (mc - ir) // mr if m == mr and KF >= kc else 1
                     if pack:
                         ao, ars, acs = ir * kc, packed[0], packed[1]
                     else:

@@ -14,10 +14,11 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 
     offs = (ia, rsa, csa, ib, ldb, ic, ldc, ibias), dims = (kc, m, n), or (kc, m, n,
     tiles, astep, cstep) for a column of tiles down C in one call (tile t: A from ia + t *
-    astep, C from ic + t * cstep, each of m rows), flags = (beta, use_bias, relu), all scalars; rows and nv, constants, are the height
-    and the width in vectors of the register block (config.BLOCKS: MR x NV, the wide
-    MR_WIDE x NV_WIDE or the tall MR_TALL x 1; MR_SHORT or 1 rows for the short tiles of a
-    short M). micro_tile chooses among them at run time for the engine.
+    astep, C from ic + t * cstep, each of m rows), flags = (beta, use_bias, relu), all
+    scalars; rows and nv, constants, are the height and the width in vectors of the
+    register block (config.BLOCKS: MR x NV, the wide MR_WIDE x NV_WIDE or the tall MR_TALL
+    x 1; MR_SHORT or 1 rows for the short tiles of a short M). micro_tile chooses among
+    them at run time for the engine.
 
 - With beta False C is never read (BLIS's beta = 0).
 - C may be float64 while A and B are float32: the block is converted once,
