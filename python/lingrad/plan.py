@@ -101,7 +101,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
         chunks = max(1, -(-Kdim // K.KF)) if itemsize < 8 else 1
         b_mode = E.IN_PLACE if b_unit_n and not masked else E.BLOCK
         block = register_block(N, Kdim, itemsize)
-        return Plan(op, M, Kdim, N, T, 0, (max(row_block(Kdim, N, False), K.BLOCKS[block][0]), kc,
+        return Plan(op, M, Kdim, N, T, 0, (row_block(Kdim, N, False, block), kc,
                                            max(1, -(-Kdim // chunks)), block), False, b_mode,
                     E.MASK_B if masked else 0, False, False)
     narrow = N * K.DOT_SHARE <= K.NV * (K.VECTOR_BYTES // itemsize) and dot_pays(N, Kdim, itemsize)
@@ -116,7 +116,7 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
                     E.MASK_A if masked else 0, False, False)
     pack_a = masked or not a_unit_k
     block = register_block(N, Kdim, itemsize)
-    mc = max(row_block(Kdim, N, pack_a), K.BLOCKS[block][0])  # one tile of rows at least
+    mc = row_block(Kdim, N, pack_a, block)
     # B packed whole once per call serves every thread's rows; on one thread, packing it a
     # KC block at a time is the same work without a kernel call of its own
     b_mode = (E.IN_PLACE if b_unit_n and M <= K.B_IN_PLACE_ROWS else E.WHOLE if T > 1 else
@@ -125,14 +125,13 @@ def gemm(op: str, M: int, Kdim: int, N: int, itemsize: int, a_unit_k: bool, b_un
                 E.MASK_A if masked else 0, False, False)
 
 
-def row_block(Kdim: int, N: int, packed: bool) -> int:
+def row_block(Kdim: int, N: int, packed: bool, block: int) -> int:
     """MC, the rows of C per block of the forward, dx and short-batch dw: MC_GROUP for a
     short sum and a small B (Kdim * N <= GROUP_KN), so that one micro-kernel call runs a
-    column of whole tiles down C; else MC, or MC_PACKED when A is packed
-    (kernels/config.py)."""
-    if Kdim * N <= K.GROUP_KN:
-        return K.MC_GROUP
-    return K.MC_PACKED if packed else K.MC
+    column of whole tiles down C; else MC, or MC_PACKED when A is packed; at least one tile
+    of the register block's rows (kernels/config.py)."""
+    mc = K.MC_GROUP if Kdim * N <= K.GROUP_KN else K.MC_PACKED if packed else K.MC
+    return max(mc, K.BLOCKS[block][0])
 
 
 def dot_pays(N: int, Kdim: int, itemsize: int) -> bool:
