@@ -107,7 +107,7 @@ def _outlined(builder, name, body, args):
     builder.call(fn, args)
 
 
-def _loop_back(builder, k, step, acc, new, first, loop, kc, done, zero):
+def _loop_back(builder, k, step, acc, new, first, loop, kc, done):
     """The back edge of a k loop whose counter k and accumulators acc are phi nodes: they
     enter from block first as 0 and come round from loop as k + step and the new sums;
     the loop runs while k + step < kc, then goes to done."""
@@ -116,7 +116,7 @@ def _loop_back(builder, k, step, acc, new, first, loop, kc, done, zero):
     k.add_incoming(k1, loop)
     for row, row_new in zip(acc, new):
         for a, a_new in zip(row, row_new):
-            a.add_incoming(zero, first)
+            a.add_incoming(ir.Constant(a.type, None), first)  # zeros of its own width
             a.add_incoming(a_new, loop)
     builder.cbranch(builder.icmp_signed("<", k1, kc), loop, done)
 
@@ -196,7 +196,6 @@ def _emit(context, builder, sig, args, MR, NV):
     vt, cvt = ir.VectorType(elt, vl), ir.VectorType(celt, vl)
     mt = ir.VectorType(ir.IntType(1), vl)
     align, calign = context.get_abi_sizeof(elt), context.get_abi_sizeof(celt)
-    fma = f"llvm.fma.{_suffix(vt)}"
     cload, cstore = f"llvm.masked.load.{_suffix(cvt)}.p0", f"llvm.masked.store.{_suffix(cvt)}.p0"
     zero, czero = ir.Constant(vt, [0.0] * vl), ir.Constant(cvt, [0.0] * vl)
 
@@ -220,28 +219,49 @@ def _emit(context, builder, sig, args, MR, NV):
 
         # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
         masks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), vl) for v in range(NV)]
-        bload = f"llvm.masked.load.{_suffix(vt)}.p0"
         full = builder.icmp_signed("==", n, I64(NV * vl))
+        # a tile whose last vector holds at most half a vector of columns, the others whole
+        # (50 = 3 * 16 + 2, 48 = 3 * 16 + 0): that vector at half width, the others with
+        # plain loads
+        hl = vl // 2
+        left = builder.sub(n, I64((NV - 1) * vl))  # the columns in the last vector
+        half = builder.and_(builder.icmp_signed(">=", left, I64(0)),
+                            builder.icmp_signed("<=", left, I64(hl)))
+        hmask = _lane_mask(builder, left, hl)
+        hvt = ir.VectorType(elt, hl)
 
-        # the k loop, once with plain loads of B (full tiles) and once with masked ones (an
-        # edge): the accumulators are phi nodes, so they live in registers
+        # the k loop, once with plain loads of B (full tiles), once with the last vector at
+        # half width, and once with masked loads (any other edge): the accumulators are phi
+        # nodes, so they live in registers
         entry = builder.block
         start = builder.append_basic_block("micro.start")
-        loops = [builder.append_basic_block(name) for name in ("micro.k", "micro.k.edge")]
+        pick = builder.append_basic_block("micro.pick")
+        kinds = ("full", "half", "edge")
+        loops = [builder.append_basic_block(f"micro.k.{kind}") for kind in kinds]
+        widen = builder.append_basic_block("micro.widen")
         done = builder.append_basic_block("micro.done")
         builder.cbranch(builder.icmp_signed(">", kc, I64(0)), start, done)
         builder.position_at_end(start)
-        builder.cbranch(full, loops[0], loops[1])
+        builder.cbranch(full, loops[0], pick)
+        builder.position_at_end(pick)
+        builder.cbranch(half, loops[1], loops[2])
         results = []
-        for loop, edge in zip(loops, (False, True)):
+        for loop, kind in zip(loops, kinds):
             builder.position_at_end(loop)
+            vts = [hvt if kind == "half" and v == NV - 1 else vt for v in range(NV)]
             k = builder.phi(I64)
-            acc = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
+            acc = [[builder.phi(vts[v]) for v in range(NV)] for _ in range(MR)]
             brow = builder.add(ib, builder.mul(k, ldb))
             bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
-                                    vt.as_pointer()) for v in range(NV)]
-            bv = [_call(builder, bload, vt, [bptr[v], I32(align), masks[v], zero]) if edge else
-                  builder.load(bptr[v], align=align) for v in range(NV)]
+                                    vts[v].as_pointer()) for v in range(NV)]
+            bv = []
+            for v in range(NV):
+                if kind == "edge" or vts[v] is hvt:
+                    mask = hmask if vts[v] is hvt else masks[v]
+                    bv.append(_call(builder, f"llvm.masked.load.{_suffix(vts[v])}.p0", vts[v],
+                                    [bptr[v], I32(align), mask, ir.Constant(vts[v], None)]))
+                else:
+                    bv.append(builder.load(bptr[v], align=align))
             ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
             for v in range(NV):
                 _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
@@ -251,8 +271,21 @@ def _emit(context, builder, sig, args, MR, NV):
             new = []
             for r in range(MR):
                 s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
-                new.append([_call(builder, fma, vt, [s, bv[v], acc[r][v]]) for v in range(NV)])
-            _loop_back(builder, k, 1, acc, new, start, loop, kc, done, zero)
+                # the half-width broadcast: the lower half of the full one (its register's
+                # lower half; a broadcast of its own is a shuffle per row)
+                sh = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(I32, hl), list(range(hl))))
+                new.append([_call(builder, f"llvm.fma.{_suffix(vts[v])}", vts[v],
+                                  [sh if vts[v] is hvt else s, bv[v], acc[r][v]])
+                            for v in range(NV)])
+            _loop_back(builder, k, 1, acc, new, start if kind == "full" else pick, loop, kc,
+                       widen if kind == "half" else done)
+            if kind == "half":  # the half vector back to full width (lanes past hl zero)
+                builder.position_at_end(widen)
+                pad = ir.Constant(ir.VectorType(I32, vl), list(range(hl)) + [hl] * (vl - hl))
+                new = [row[:-1] + [builder.shuffle_vector(row[-1], ir.Constant(hvt, None), pad)]
+                       for row in new]
+                builder.branch(done)
+                loop = widen
             results.append((new, loop))
 
         builder.position_at_end(done)
@@ -468,7 +501,7 @@ def dot(typingctx, a, b, c, bias, offs, dims, flags, cols):
         for r in range(R):
             av = vload(arow[r])
             new.append([_call(builder, fma, vt, [av, bv[j], acc[r][j]]) for j in range(J)])
-        _loop_back(builder, k, vl, acc, new, entry, loop, kc, done, zero)
+        _loop_back(builder, k, vl, acc, new, entry, loop, kc, done)
 
         builder.position_at_end(done)
         sums = [[builder.phi(vt) for _ in range(J)] for _ in range(R)]
