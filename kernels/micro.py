@@ -26,7 +26,11 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 - Rows r >= m read row 0 of A (valid memory) and are never stored. An edge
   tile (n < NR) runs its own copy of the k loop, with masked loads of B, and
   stores with masked stores; full tiles use plain loads and stores (masked
-  ones are slower on some CPUs).
+  ones are slower on some CPUs). An edge tile whose vectors are whole but the
+  last, and that one at most half full (n = 50 in float32: 3 x 16 + 2), runs a
+  third copy, the last vector at half width: on Zen 4 a 256-bit FMA costs half
+  a 512-bit one, so 50 columns cost 3.5 vectors a row, not 4 (lesson-1's
+  forward, float32, 1 thread: 48.4 -> 43.3 ms; docs/performance.md).
 - ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
 - Each k prefetches B's row k + PREFETCH (a hint, never a fault): B read in
   place has rows far apart, which the hardware prefetchers do not follow.
