@@ -26,11 +26,14 @@ Contract (BLIS's gemm micro-kernel, with the layer's epilogue):
 - Rows r >= m read row 0 of A (valid memory) and are never stored. An edge
   tile (n < NR) runs its own copy of the k loop, with masked loads of B, and
   stores with masked stores; full tiles use plain loads and stores (masked
-  ones are slower on some CPUs). An edge tile whose vectors are whole but the
-  last, and that one at most half full (n = 50 in float32: 3 x 16 + 2), runs a
-  third copy, the last vector at half width: on Zen 4 a 256-bit FMA costs half
-  a 512-bit one, so 50 columns cost 3.5 vectors a row, not 4 (lesson-1's
-  forward, float32, 1 thread: 48.4 -> 43.3 ms; docs/performance.md).
+  ones are slower on some CPUs). An edge tile runs only the u = ceil(n / vl)
+  vectors its columns reach, the first u - 1 with plain loads, the last masked,
+  or at half width when it holds at most half a vector of columns (n = 50 in
+  float32: 3 x 16 + 2): on Zen 4 a 256-bit FMA costs half a 512-bit one, so 50
+  columns cost 3.5 vectors a row, not 4 (lesson-1's forward, float32, 1 thread:
+  48.4 -> 43.3 ms), and 40 columns of a 12 x 2 block's tiles (32 + 8) 2.5, not
+  4 (docs/performance.md). One copy of the k loop per (u, half or masked), and
+  one for full tiles.
 - ReLU keeps NaN, as np.maximum(v, 0): "v > 0 or v unordered".
 - Each k prefetches B's row k + PREFETCH (a hint, never a fault): B read in
   place has rows far apart, which the hardware prefetchers do not follow.
@@ -224,50 +227,58 @@ def _emit(context, builder, sig, args, MR, NV):
         # lane masks of an edge tile (n < NR): B's lanes past n are not read, C's not stored
         masks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), vl) for v in range(NV)]
         full = builder.icmp_signed("==", n, I64(NV * vl))
-        # a tile whose last vector holds at most half a vector of columns, the others whole
-        # (50 = 3 * 16 + 2, 48 = 3 * 16 + 0): that vector at half width, the others with
-        # plain loads
+        # an edge tile runs only the u vectors its columns reach (u = ceil(n / vl)), the
+        # first u - 1 whole with plain loads; the last one at half width when it holds at
+        # most half a vector of columns (50 = 3 * 16 + 2), else masked. One copy of the k
+        # loop per (u, half or masked), and one for full tiles (n = NR, plain loads).
         hl = vl // 2
-        left = builder.sub(n, I64((NV - 1) * vl))  # the columns in the last vector
-        half = builder.and_(builder.icmp_signed(">=", left, I64(0)),
-                            builder.icmp_signed("<=", left, I64(hl)))
-        hmask = _lane_mask(builder, left, hl)
         hvt = ir.VectorType(elt, hl)
+        hmasks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), hl) for v in range(NV)]
+        used = builder.sdiv(builder.add(n, I64(vl - 1)), I64(vl))
+        used = builder.select(builder.icmp_signed("<", used, I64(1)), I64(1),
+                              builder.select(builder.icmp_signed(">", used, I64(NV)), I64(NV), used))
+        left = builder.sub(n, builder.mul(builder.sub(used, I64(1)), I64(vl)))
+        half = builder.icmp_signed("<=", left, I64(hl))
+        # the variants: (vectors run, the last one at half width); index 2 * (u - 1) + masked
+        variants = [(u, last_half) for u in range(1, NV + 1) for last_half in (True, False)]
+        code = builder.add(builder.mul(builder.sub(used, I64(1)), I64(2)),
+                           builder.zext(builder.not_(half), I64))
 
-        # the k loop, once with plain loads of B (full tiles), once with the last vector at
-        # half width, and once with masked loads (any other edge): the accumulators are phi
-        # nodes, so they live in registers
         entry = builder.block
         start = builder.append_basic_block("micro.start")
         pick = builder.append_basic_block("micro.pick")
-        kinds = ("full", "half", "edge")
-        loops = [builder.append_basic_block(f"micro.k.{kind}") for kind in kinds]
-        widen = builder.append_basic_block("micro.widen")
+        full_loop = builder.append_basic_block("micro.k.full")
+        loops = [builder.append_basic_block(f"micro.k.{u}{'h' if h else 'm'}") for u, h in variants]
         done = builder.append_basic_block("micro.done")
         builder.cbranch(builder.icmp_signed(">", kc, I64(0)), start, done)
         builder.position_at_end(start)
-        builder.cbranch(full, loops[0], pick)
+        builder.cbranch(full, full_loop, pick)
         builder.position_at_end(pick)
-        builder.cbranch(half, loops[1], loops[2])
+        switch = builder.switch(code, loops[-1])
+        for index, loop in enumerate(loops[:-1]):
+            switch.add_case(I64(index), loop)
         results = []
-        for loop, kind in zip(loops, kinds):
+        for loop, (u, last_half), first in ([(full_loop, (NV, None), start)]
+                                            + [(lp, v, pick) for lp, v in zip(loops, variants)]):
+            # the k loop of this variant: the accumulators are phi nodes, so they live in
+            # registers
             builder.position_at_end(loop)
-            vts = [hvt if kind == "half" and v == NV - 1 else vt for v in range(NV)]
+            vts = [hvt if last_half and v == u - 1 else vt for v in range(u)]
             k = builder.phi(I64)
-            acc = [[builder.phi(vts[v]) for v in range(NV)] for _ in range(MR)]
+            acc = [[builder.phi(t) for t in vts] for _ in range(MR)]
             brow = builder.add(ib, builder.mul(k, ldb))
-            bptr = [builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
-                                    vts[v].as_pointer()) for v in range(NV)]
             bv = []
-            for v in range(NV):
-                if kind == "edge" or vts[v] is hvt:
-                    mask = hmask if vts[v] is hvt else masks[v]
-                    bv.append(_call(builder, f"llvm.masked.load.{_suffix(vts[v])}.p0", vts[v],
-                                    [bptr[v], I32(align), mask, ir.Constant(vts[v], None)]))
+            for v, ty in enumerate(vts):
+                ptr = builder.bitcast(builder.gep(pb, [builder.add(brow, I64(v * vl))]),
+                                      ty.as_pointer())
+                if last_half is None or v < u - 1:
+                    bv.append(builder.load(ptr, align=align))
                 else:
-                    bv.append(builder.load(bptr[v], align=align))
+                    mask = hmasks[v] if last_half else masks[v]
+                    bv.append(_call(builder, f"llvm.masked.load.{_suffix(ty)}.p0", ty,
+                                    [ptr, I32(align), mask, ir.Constant(ty, None)]))
             ahead = builder.add(ib, builder.mul(builder.add(k, I64(PREFETCH)), ldb))
-            for v in range(NV):
+            for v in range(u):
                 _call(builder, "llvm.prefetch.p0", ir.VoidType(), [
                     builder.bitcast(builder.gep(pb, [builder.add(ahead, I64(v * vl))]),
                                     ir.IntType(8).as_pointer()), I32(0), I32(3), I32(1)])
@@ -275,21 +286,23 @@ def _emit(context, builder, sig, args, MR, NV):
             new = []
             for r in range(MR):
                 s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
-                # the half-width broadcast: the lower half of the full one (its register's
-                # lower half; a broadcast of its own is a shuffle per row)
+                # the half-width broadcast: the lower half of the whole one
                 sh = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(I32, hl), list(range(hl))))
-                new.append([_call(builder, f"llvm.fma.{_suffix(vts[v])}", vts[v],
-                                  [sh if vts[v] is hvt else s, bv[v], acc[r][v]])
-                            for v in range(NV)])
-            _loop_back(builder, k, 1, acc, new, start if kind == "full" else pick, loop, kc,
-                       widen if kind == "half" else done)
-            if kind == "half":  # the half vector back to full width (lanes past hl zero)
-                builder.position_at_end(widen)
+                new.append([_call(builder, f"llvm.fma.{_suffix(ty)}", ty, [sh if ty is hvt else s,
+                                                                          bv[v], acc[r][v]])
+                            for v, ty in enumerate(vts)])
+            if last_half is None or (u == NV and not last_half):
+                _loop_back(builder, k, 1, acc, new, first, loop, kc, done)
+            else:  # back to NV whole vectors for the epilogue: the half one padded with
+                # zeros, the vectors not run zero (their lanes are not stored)
+                finish = builder.append_basic_block(f"micro.finish.{u}")
+                _loop_back(builder, k, 1, acc, new, first, loop, kc, finish)
+                builder.position_at_end(finish)
                 pad = ir.Constant(ir.VectorType(I32, vl), list(range(hl)) + [hl] * (vl - hl))
-                new = [row[:-1] + [builder.shuffle_vector(row[-1], ir.Constant(hvt, None), pad)]
-                       for row in new]
+                new = [[builder.shuffle_vector(a, ir.Constant(hvt, None), pad) if a.type == hvt
+                        else a for a in row] + [zero] * (NV - u) for row in new]
                 builder.branch(done)
-                loop = widen
+                loop = finish
             results.append((new, loop))
 
         builder.position_at_end(done)

@@ -46,15 +46,18 @@ def lanes(dtype, nv=NV):
     for rows in BLOCKS
     for m_off, name in ((0, "m=rows"), (1, "m=rows-1"), (-1, "m=1"))
     if not (BLOCKS[rows][0] == 1 and m_off == 1)])  # a block of one row has no m = rows - 1
-@pytest.mark.parametrize("n_off", [0, 1, -1, "half"], ids=["n=NR", "n=NR-1", "n=1", "n=half"])
+@pytest.mark.parametrize("n_off", [0, 1, -1, "half", "vl-1"],
+                         ids=["n=NR", "n=NR-1", "n=1", "n=half", "n=vl-1"])
 @pytest.mark.parametrize("a_layout", ["rows", "cols"])
 def test_contract(dtype, cdtype, rows, m_off, n_off, a_layout):
     MR, nv, tile_of = BLOCKS[rows]
     m = {0: MR, 1: MR - 1, -1: 1}[m_off]
     rng = np.random.default_rng(7)
     nr = lanes(dtype, nv)
-    # n=half: all vectors but the last whole, the last at most half full (its half-width loop)
-    n = {0: nr, 1: nr - 1, -1: 1, "half": nr - lanes(dtype, 1) // 2}[n_off]
+    # the copies of the k loop: n=NR full; n=NR-1 all vectors, the last masked; n=half all,
+    # the last at half width; n=1 one vector at half width; n=vl-1 one vector, masked
+    vl = lanes(dtype, 1)
+    n = {0: nr, 1: nr - 1, -1: 1, "half": nr - vl // 2, "vl-1": vl - 1}[n_off]
     kc = 37
     a = rng.standard_normal((MR, kc)).astype(dtype)
     abuf = np.ascontiguousarray(a if a_layout == "rows" else a.T).reshape(-1)
@@ -116,9 +119,9 @@ def test_relu_keeps_nan_and_empty_sum_writes_bias():
 
 def fma_loops(asm):
     """The bodies of the innermost loops holding FMAs: from the label a backward branch
-    jumps to, to that branch (the micro-kernel has three: full tiles, tiles whose last
-    vector is at most half full, other edge tiles). A loop whose line range holds another
-    loop's is an outer one (the loop over tiles)."""
+    jumps to, to that branch (the micro-kernel's copies of the k loop, and any remainder
+    loop LLVM made in unrolling one). A loop whose line range holds another loop's is an
+    outer one (the loop over tiles)."""
     lines = [ln.strip() for ln in asm.splitlines()]
     labels = {ln[:-1]: i for i, ln in enumerate(lines) if re.match(r"^\.?L\w+:$", ln)}
     spans = []
@@ -132,40 +135,44 @@ def fma_loops(asm):
 
 
 # the registers of a whole vector and of a half one: zmm and ymm with AVX-512, ymm and xmm
-FULL, HALF = ("zmm", "ymm") if VECTOR_BYTES == 64 else ("ymm", "xmm")
+HALF = "ymm" if VECTOR_BYTES == 64 else "xmm"
 
 
 @pytest.mark.parametrize("block", ["MR", "MR-wide", "MR-tall"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_k_loop_keeps_the_block_in_registers(dtype, block):
-    """Each k loop: MR * NV vector FMAs (per unrolled step), NV loads of B, MR broadcasts of
-    A from memory, no store. In the loop for a last vector at most half full, that
-    vector's MR FMAs are half width; LLVM broadcasts A's value to the whole vectors from
-    the half-width broadcast (a register broadcast per row, where NV > 1)."""
+    """Each copy of the k loop, for u of the block's NV vectors: per (unrolled) step MR
+    broadcasts of A from memory, u loads of B, MR * u vector FMAs and no store. The copies:
+    full tiles (u = NV, plain loads), and for each u an edge copy whose last vector is
+    masked and one whose last vector is half width (its MR FMAs on half registers; LLVM
+    broadcasts A's value to the whole vectors from the half-width broadcast, a register
+    broadcast per row, where u > 1)."""
     MR, NV, tile = BLOCKS[block]
     nr = lanes(dtype, NV)
     a, b, c = (np.zeros(s, dtype) for s in (MR * 4, nr * 4, MR * nr))
     tile(a, b, c, c, (0, 4, 1, 0, nr, 0, nr, 0), (4, MR, nr), (False, False, False))
     asm = tile.inspect_asm(tile.signatures[0])
-    loops = fma_loops(asm)
-    assert len(loops) == 3, "expected the full-tile, the half-vector and the edge-tile k loops"
-    halves = 0
-    for body in loops:
-        fmas = [x for x in body if "vfmadd" in x]
-        unroll = len(fmas) // (MR * NV)
-        assert unroll >= 1 and len(fmas) == unroll * MR * NV, body
-        half = [x for x in fmas if x.endswith(HALF) or re.search(rf"%{HALF}\d+$", x)]
-        assert len(half) in (0, unroll * MR), body
-        halves += bool(half)
-        stores = [x for x in body if re.match(r"^v?(mask)?mov\w*\s+%[xyz]mm\d+, .*\(", x)]
-        assert not stores, f"stores inside the k loop: {stores}"
+    seen = set()
+    for body in fma_loops(asm):
         broadcasts = [x for x in body if "vbroadcast" in x or "{1to" in x]
         from_memory = [x for x in broadcasts if "(" in x]
-        assert len(from_memory) == unroll * MR, body
-        assert len(broadcasts) - len(from_memory) == (unroll * MR if half and NV > 1 else 0), body
+        unroll = len(from_memory) // MR
+        assert unroll >= 1 and len(from_memory) == unroll * MR, body
+        fmas = [x for x in body if "vfmadd" in x]
+        u = len(fmas) // (MR * unroll)
+        assert 1 <= u <= NV and len(fmas) == unroll * MR * u, body
+        half = [x for x in fmas if re.search(rf"%{HALF}\d+$", x)]
+        assert len(half) in (0, unroll * MR), body
+        assert len(broadcasts) - len(from_memory) == (unroll * MR if half and u > 1 else 0), body
         loads = [x for x in body if re.match(r"^v(mask)?mov[au]?p[sd]\s+-?\w*\(", x)]
-        assert len(loads) == unroll * NV, body
-    assert halves == 1, "expected one k loop with a half-width last vector"
+        assert len(loads) == unroll * u, body
+        masked = [x for x in loads if "{%k" in x]
+        assert len(masked) in (0, unroll), body  # only the last vector's loads are masked
+        stores = [x for x in body if re.match(r"^v?(mask)?mov\w*\s+%[xyz]mm\d+, .*\(", x)]
+        assert not stores, f"stores inside the k loop: {stores}"
+        seen.add((u, "half" if half else "masked" if masked else "full"))
+    want = {(NV, "full")} | {(u, kind) for u in range(1, NV + 1) for kind in ("half", "masked")}
+    assert seen == want
 
 
 def guarded_page(dtype):
@@ -184,15 +191,17 @@ def guarded_page(dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("left", [3, "half"], ids=["n=NR-3", "n=half"])
-def test_edge_tile_reads_no_lane_past_n(dtype, left):
+@pytest.mark.parametrize("n_of", [lambda nr, vl: nr - 3, lambda nr, vl: nr - vl + 2,
+                                  lambda nr, vl: vl - 3, lambda nr, vl: 2],
+                         ids=["n=NR-3", "n=NR-vl+2", "n=vl-3", "n=2"])
+def test_edge_tile_reads_no_lane_past_n(dtype, n_of):
     """B read in place: its last row ends where a page the process may not read begins, so a
-    load of one lane past n would crash the test (an edge tile, and one whose last vector
-    is read at half width)."""
+    load of one lane past n would crash the test (each edge copy of the k loop: the last
+    vector masked or at half width, two vectors or one)."""
     whole, release = guarded_page(dtype)
     item = np.dtype(dtype).itemsize
     nr, kc = lanes(dtype), 5
-    n = nr - 3 if left == 3 else nr - lanes(dtype, 1) + 2
+    n = n_of(nr, lanes(dtype, 1))
     b = whole[whole.size - kc * n:]  # kc rows of n lanes, ending at the guard page
     rng = np.random.default_rng(3)
     b[:] = rng.standard_normal(kc * n)
