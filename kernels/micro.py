@@ -257,15 +257,16 @@ def _emit(context, builder, sig, args, MR, NV):
         switch = builder.switch(code, loops[-1])
         for index, loop in enumerate(loops[:-1]):
             switch.add_case(I64(index), loop)
-        results = []
-        for loop, (u, last_half), first in ([(full_loop, (NV, None), start)]
-                                            + [(lp, v, pick) for lp, v in zip(loops, variants)]):
-            # the k loop of this variant: the accumulators are phi nodes, so they live in
-            # registers
+
+        def k_loop(loop, first, u, last_half):
+            """The k loop of one variant in block loop, entered from first: u vectors (the
+            last at half width when last_half, masked when False, whole when None). Its
+            accumulators are phi nodes, so they live in registers. Returns the sums as NV
+            whole vectors and the block they leave from."""
             builder.position_at_end(loop)
             vts = [hvt if last_half and v == u - 1 else vt for v in range(u)]
             k = builder.phi(I64)
-            acc = [[builder.phi(t) for t in vts] for _ in range(MR)]
+            acc = [[builder.phi(ty) for ty in vts] for _ in range(MR)]
             brow = builder.add(ib, builder.mul(k, ldb))
             bv = []
             for v, ty in enumerate(vts):
@@ -288,22 +289,25 @@ def _emit(context, builder, sig, args, MR, NV):
                 s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
                 # the half-width broadcast: the lower half of the whole one
                 sh = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(I32, hl), list(range(hl))))
-                new.append([_call(builder, f"llvm.fma.{_suffix(ty)}", ty, [sh if ty is hvt else s,
-                                                                          bv[v], acc[r][v]])
+                new.append([_call(builder, f"llvm.fma.{_suffix(ty)}", ty,
+                                  [sh if ty is hvt else s, bv[v], acc[r][v]])
                             for v, ty in enumerate(vts)])
-            if last_half is None or (u == NV and not last_half):
+            if u == NV and not last_half:
                 _loop_back(builder, k, 1, acc, new, first, loop, kc, done)
-            else:  # back to NV whole vectors for the epilogue: the half one padded with
-                # zeros, the vectors not run zero (their lanes are not stored)
-                finish = builder.append_basic_block(f"micro.finish.{u}")
-                _loop_back(builder, k, 1, acc, new, first, loop, kc, finish)
-                builder.position_at_end(finish)
-                pad = ir.Constant(ir.VectorType(I32, vl), list(range(hl)) + [hl] * (vl - hl))
-                new = [[builder.shuffle_vector(a, ir.Constant(hvt, None), pad) if a.type == hvt
-                        else a for a in row] + [zero] * (NV - u) for row in new]
-                builder.branch(done)
-                loop = finish
-            results.append((new, loop))
+                return new, loop
+            # back to NV whole vectors for the epilogue: the half one padded with zeros, the
+            # vectors not run zero (their lanes are not stored)
+            finish = builder.append_basic_block(f"micro.finish.{u}")
+            _loop_back(builder, k, 1, acc, new, first, loop, kc, finish)
+            builder.position_at_end(finish)
+            pad = ir.Constant(ir.VectorType(I32, vl), list(range(hl)) + [hl] * (vl - hl))
+            new = [[builder.shuffle_vector(a, ir.Constant(hvt, None), pad) if a.type == hvt
+                    else a for a in row] + [zero] * (NV - u) for row in new]
+            builder.branch(done)
+            return new, finish
+
+        results = [k_loop(full_loop, start, NV, None)]
+        results += [k_loop(loop, pick, u, last_half) for loop, (u, last_half) in zip(loops, variants)]
 
         builder.position_at_end(done)
         out = [[builder.phi(vt) for _ in range(NV)] for _ in range(MR)]
