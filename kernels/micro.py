@@ -234,12 +234,11 @@ def _emit(context, builder, sig, args, MR, NV):
         hl = vl // 2
         hvt = ir.VectorType(elt, hl)
         hmasks = [_lane_mask(builder, builder.sub(n, I64(v * vl)), hl) for v in range(NV)]
-        used = builder.sdiv(builder.add(n, I64(vl - 1)), I64(vl))
-        used = builder.select(builder.icmp_signed("<", used, I64(1)), I64(1),
-                              builder.select(builder.icmp_signed(">", used, I64(NV)), I64(NV), used))
+        used = builder.sdiv(builder.add(n, I64(vl - 1)), I64(vl))  # 1 to NV for 0 < n <= NR
         left = builder.sub(n, builder.mul(builder.sub(used, I64(1)), I64(vl)))
         half = builder.icmp_signed("<=", left, I64(hl))
         # the variants: (vectors run, the last one at half width); index 2 * (u - 1) + masked
+        # (any other index, n = 0, takes the last: all NV vectors, masked)
         variants = [(u, last_half) for u in range(1, NV + 1) for last_half in (True, False)]
         code = builder.add(builder.mul(builder.sub(used, I64(1)), I64(2)),
                            builder.zext(builder.not_(half), I64))
@@ -288,7 +287,8 @@ def _emit(context, builder, sig, args, MR, NV):
             for r in range(MR):
                 s = _splat(builder, builder.load(builder.gep(arow[r], [kcol])), vt)
                 # the half-width broadcast: the lower half of the whole one
-                sh = builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(I32, hl), list(range(hl))))
+                sh = (builder.shuffle_vector(s, s, ir.Constant(ir.VectorType(I32, hl), list(range(hl))))
+                      if last_half else None)
                 new.append([_call(builder, f"llvm.fma.{_suffix(ty)}", ty,
                                   [sh if ty is hvt else s, bv[v], acc[r][v]])
                             for v, ty in enumerate(vts)])
